@@ -1,0 +1,193 @@
+"""Typed configuration of one cell, checked before any training starts.
+
+The Hydra YAML in conf/ is merged onto these dataclasses, so a misspelled key or a wrong type is
+refused by OmegaConf with the key's full name, and `validate` refuses impossible values, also
+naming the key. The cell id is a hash of exactly the fields that change the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-true", "bf16-mixed": "bf16-mixed"}
+"""memsweep's precision names and the Lightning precision each one selects. `bf16` stores the
+parameters (and AdamW's state) in bf16: true bf16 training, the setting the paper's precision
+result is about. `bf16-mixed` keeps fp32 master weights and computes in bf16."""
+ATTENTION = ("auto", "math", "sdpa")
+SCHEDULES = ("constant", "cosine")
+LOGGERS = ("csv", "wandb", "none")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the key's full name."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 1
+    """Transformer blocks (L)."""
+    d_model: int = 32
+    """Residual width (d); the MLP is 4d wide."""
+    n_head: int = 4
+    """Attention heads; must divide d_model. The paper does not state it."""
+    attention: str = "auto"
+    """`auto` (measured: explicit math on CPU, fused SDPA on CUDA), `math` or `sdpa`."""
+
+
+@dataclass
+class DataConfig:
+    vocab_size: int = 2048
+    """V: tokens are uniform over V values (log2 V bits each)."""
+    seq_len: int = 64
+    """S: tokens per sequence; also the model's number of positions."""
+    n_samples: int = 256
+    """N: training sequences. Dataset bits H = N * S * log2 V."""
+    n_heldout: int = 1024
+    """Fresh sequences from the same distribution, for test loss."""
+    seed: int = 0
+    """Which random sequences: fixed across model sizes and precisions so cells compare."""
+
+
+@dataclass
+class SaturationConfig:
+    window: int = 10
+    """Evaluations to look back over."""
+    tolerance: float = 0.005
+    """Saturated when the best memorized bits of the last `window` evaluations beat the best
+    before them by less than this fraction."""
+    min_steps: int = 1000
+    """Never declare saturation before this step."""
+    cooldown: float = 0.2
+    """On saturation, decay the learning rate linearly to zero over this fraction of the steps
+    taken so far, then stop (0 stops at once)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 50_000
+    batch_size: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    schedule: str = "constant"
+    """`constant` (then the saturation cooldown) or `cosine` (decay to `min_lr_ratio` at max_steps)."""
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    """Gradient-norm clip; 0 disables it."""
+    eval_interval: int = 100
+    """Steps between full evaluations of the training and held-out sets."""
+    eval_batch_size: int = 1024
+    accelerator: str = "auto"
+    devices: int = 1
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"
+    """`csv` (per-step CSV), `wandb` (real wandb; offline without an API key) or `none`.
+    The cell's own result.json and metrics.csv are written whatever this says."""
+    project: str = "memsweep"
+    entity: str | None = None
+    group: str | None = None
+    mode: str = "auto"
+    """W&B mode: `auto` (online with an API key and network, else offline), `online`, `offline`."""
+
+
+@dataclass
+class CellConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    """Initialisation and batch order (separate from data.seed)."""
+    precision: str = "fp32"
+    """`fp32`, `bf16` (parameters stored in bf16) or `bf16-mixed` (fp32 weights, bf16 compute)."""
+
+    def validate(self) -> "CellConfig":
+        m, d, t, s = self.model, self.data, self.trainer, self.trainer.saturation
+        _positive(self, "model.n_layer", "model.d_model", "model.n_head", "data.vocab_size", "data.seq_len",
+                  "data.n_samples", "data.n_heldout", "trainer.max_steps", "trainer.batch_size",
+                  "trainer.eval_interval", "trainer.eval_batch_size", "trainer.devices",
+                  "trainer.saturation.window")
+        _require(m.d_model % m.n_head == 0, "model.d_model",
+                 f"{m.d_model} is not divisible by model.n_head={m.n_head}")
+        _choice("model.attention", m.attention, ATTENTION)
+        _choice("precision", self.precision, tuple(PRECISIONS))
+        _choice("trainer.schedule", t.schedule, SCHEDULES)
+        _choice("logger.name", self.logger.name, LOGGERS)
+        _choice("logger.mode", self.logger.mode, ("auto", "online", "offline"))
+        _require(t.lr > 0, "trainer.lr", f"must be > 0, got {t.lr}")
+        _require(0 <= t.min_lr_ratio <= 1, "trainer.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+        _require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "trainer.beta1/beta2", "must be in [0, 1)")
+        _require(t.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+        _require(t.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {t.weight_decay}")
+        _require(t.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {t.grad_clip}")
+        _require(s.tolerance >= 0, "trainer.saturation.tolerance", f"must be >= 0, got {s.tolerance}")
+        _require(s.cooldown >= 0, "trainer.saturation.cooldown", f"must be >= 0, got {s.cooldown}")
+        _require(d.vocab_size >= 2, "data.vocab_size", f"needs at least 2 tokens, got {d.vocab_size}")
+        return self
+
+    def result_relevant(self) -> dict[str, Any]:
+        """Everything that can change the measured result (not where or how it is logged)."""
+        relevant = asdict(self)
+        del relevant["logger"]
+        del relevant["trainer"]["accelerator"], relevant["trainer"]["devices"]
+        del relevant["trainer"]["eval_batch_size"]
+        del relevant["model"]["attention"]
+        return relevant
+
+    @property
+    def cell_id(self) -> str:
+        """A stable name for this cell: the same config always hashes to the same id."""
+        blob = json.dumps(self.result_relevant(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _field(cfg: CellConfig, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(cfg: CellConfig, *keys: str) -> None:
+    for key in keys:
+        value = _field(cfg, key)
+        _require(value >= 1, key, f"must be >= 1, got {value}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, f"unknown value {value!r}; choose one of {', '.join(allowed)}")
+
+
+def cell_config(cfg: DictConfig | dict) -> CellConfig:
+    """Typed, validated cell config from a Hydra/OmegaConf config (extra top-level keys such as
+    `hydra` or `experiment` metadata are ignored; unknown keys inside a group are errors)."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    known = {k: raw[k] for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in raw}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(CellConfig), known)
+    except Exception as err:  # OmegaConf names the full key in its message
+        raise ConfigError(_omegaconf_message(err)) from None
+    typed: CellConfig = OmegaConf.to_object(merged)
+    return typed.validate()
+
+
+def _omegaconf_message(err: Exception) -> str:
+    full_key = getattr(err, "full_key", None)
+    first_line = str(err).splitlines()[0]
+    return f"{full_key}: {first_line}" if full_key else first_line

@@ -1,0 +1,102 @@
+"""Uniformly random token sequences, generated from a seed, never downloaded.
+
+Rows are generated in blocks, each from its own child of `SeedSequence(seed)`, so:
+- the dataset depends on the data seed alone: every model size and precision sees the same rows;
+- a smaller dataset is a prefix of a larger one with the same seed (nested dataset sizes);
+- large datasets are written block by block into a memory map instead of one huge array.
+The held-out rows come from a disjoint branch of the same seed tree, so they are fresh sequences
+from the same distribution that never overlap the training stream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+BLOCK_ROWS = 4096
+TRAIN_BRANCH, HELDOUT_BRANCH = 0, 1
+MEMMAP_BYTES = 1 << 30
+"""Datasets larger than this are generated into a .npy memory map in the run dir."""
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+
+
+def random_tokens(
+    n_rows: int,
+    seq_len: int,
+    vocab_size: int,
+    seed: int,
+    branch: int = TRAIN_BRANCH,
+    memmap_path: Path | None = None,
+) -> np.ndarray:
+    """(n_rows, seq_len) tokens i.i.d. uniform over [0, vocab_size)."""
+    dtype = _token_dtype(vocab_size)
+    shape = (n_rows, seq_len)
+    if memmap_path is not None and n_rows * seq_len * dtype.itemsize > MEMMAP_BYTES:
+        out = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=dtype, shape=shape)
+    else:
+        out = np.empty(shape, dtype=dtype)
+    for block_start in range(0, n_rows, BLOCK_ROWS):
+        rows = min(BLOCK_ROWS, n_rows - block_start)
+        block_seed = np.random.SeedSequence(seed, spawn_key=(branch, block_start // BLOCK_ROWS))
+        rng = np.random.Generator(np.random.PCG64(block_seed))
+        full_block = rng.integers(0, vocab_size, size=(BLOCK_ROWS, seq_len), dtype=dtype)
+        out[block_start : block_start + rows] = full_block[:rows]
+    if isinstance(out, np.memmap):
+        out.flush()
+    return out
+
+
+class TokenRows(Dataset):
+    """Rows of a token matrix, fetched a whole batch of indices at a time (no per-row collate)."""
+
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.tokens[index], dtype=np.int64))
+
+
+class ShuffledBatches(Sampler):
+    """Endless batches of row indices: epoch e is a permutation drawn from (seed, e).
+
+    Batch k is a pure function of (seed, k), which is what makes a resumed run replay exactly the
+    batches an uninterrupted run would have seen: start it at `start_batch = global_step`.
+    The stream has no length: `trainer.max_steps` or the saturation stop ends training.
+    Batches run across epoch boundaries, so every batch has exactly `batch_size` rows even when
+    the dataset is smaller than a batch (rows then repeat within a batch).
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, start_batch: int = 0):
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self.start_batch = start_batch
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
+        return rng.permutation(self.n_rows)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        position = self.start_batch * self.batch_size
+        epoch, offset = divmod(position, self.n_rows)
+        order = self._epoch_order(epoch)
+        while True:
+            batch = []
+            need = self.batch_size
+            while need:
+                take = order[offset : offset + need]
+                batch.append(take)
+                need -= len(take)
+                offset += len(take)
+                if offset == self.n_rows:
+                    epoch, offset = epoch + 1, 0
+                    order = self._epoch_order(epoch)
+            yield np.concatenate(batch)

@@ -1,0 +1,40 @@
+"""Run a model over a whole token set and measure it: per-sample NLL bits, then memorization."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+from torch import nn
+
+from memsweep.metrics import Memorization, memorization, sequence_nll_bits, uniform_reference_bits
+
+
+@torch.no_grad()
+def per_sample_nll_bits(
+    model: nn.Module,
+    tokens: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+) -> np.ndarray:
+    """NLL in bits of every row of `tokens` under `model` (float64), in eval mode, every row."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(tokens), dtype=np.float64)
+    try:
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(np.asarray(tokens[start : start + batch_size], dtype=np.int64)).to(device)
+            with forward_context():
+                logits = model(batch)
+            out[start : start + len(batch)] = sequence_nll_bits(logits, batch).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def uniform_memorization(nll_bits: np.ndarray, seq_len: int, vocab_size: int) -> Memorization:
+    """Memorization of uniform random sequences, whose reference code length is S*log2 V each."""
+    return memorization(nll_bits, uniform_reference_bits(seq_len, vocab_size), seq_len)

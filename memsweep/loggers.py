@@ -1,0 +1,88 @@
+"""The optional experiment logger: Lightning's CSV logger, real W&B, or none.
+
+W&B never hangs and never prompts: without an API key it runs offline (sync later with
+`wandb sync <run dir>/wandb/offline-run-*`), and with a key it first checks that the server
+answers. The W&B run id is the cell id, so a re-run of the same cell continues the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from memsweep.config import CellConfig
+
+
+def _wandb_api_key() -> str | None:
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        import netrc
+
+        auth = netrc.netrc().authenticators(urlparse(_wandb_url()).hostname or "")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return None
+    return auth[2] if auth else None
+
+
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str) -> str:
+    """`online` only when asked for (or `auto`) and a key exists and the server answers."""
+    if requested == "offline" or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return os.environ.get("WANDB_MODE", "offline")
+    if _wandb_api_key() is None:
+        if requested == "online":
+            raise RuntimeError("logger.mode=online but no W&B API key is set (WANDB_API_KEY or ~/.netrc)")
+        return "offline"
+    if not _reachable(_wandb_url()):
+        if requested == "online":
+            raise RuntimeError(f"logger.mode=online but {_wandb_url()} cannot be reached")
+        return "offline"
+    return "online"
+
+
+def build_logger(cfg: CellConfig, run_dir: Path) -> Logger | bool:
+    if cfg.logger.name == "none":
+        return False
+    if cfg.logger.name == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        id=cfg.cell_id,
+        name=f"{cfg.model.n_layer}L-d{cfg.model.d_model}-N{cfg.data.n_samples}-{cfg.precision}-s{cfg.seed}",
+        save_dir=str(run_dir),
+        mode=wandb_mode(cfg.logger.mode),
+        resume="allow",
+        config=cfg.result_relevant(),
+    )
+
+
+def publish_summary(logger: Logger | bool, record: dict) -> None:
+    """Put the cell's final numbers into the W&B run summary and close the run."""
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    scalars = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    logger.experiment.summary.update(scalars)
+    wandb.finish()

@@ -1,0 +1,46 @@
+"""The LightningModule: a GPT, its next-token loss, AdamW and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from memsweep.config import TrainerConfig
+from memsweep.model import GPT, GPTConfig
+from memsweep.schedule import LRSchedule
+
+
+class MemorizationModule(L.LightningModule):
+    def __init__(self, gpt_config: GPTConfig, trainer_config: TrainerConfig):
+        super().__init__()
+        self.model = GPT(gpt_config)
+        self.trainer_config = trainer_config
+        self.lr_schedule = LRSchedule(trainer_config)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.flatten())
+        self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.trainer_config
+        matrices = [p for p in self.parameters() if p.dim() >= 2]
+        vectors = [p for p in self.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lr_schedule"] = self.lr_schedule.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.lr_schedule.load_state_dict(checkpoint["lr_schedule"])

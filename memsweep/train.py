@@ -1,0 +1,55 @@
+"""`memsweep-train`: the Hydra app that runs one cell (or a multirun grid of cells with -m).
+
+Examples:
+    memsweep-train                                     # the default cell, into runs/cells/<cell id>
+    memsweep-train model=paper-2L-d128 data.n_samples=4096 precision=bf16
+    memsweep-train -m precision=fp32,bf16 seed=0,1     # four cells
+    memsweep-train hydra.run.dir=/scratch/cell1        # any run dir
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from memsweep.cell import run_cell
+from memsweep.config import ConfigError, cell_config
+
+
+def _cell_id(*, _root_: DictConfig) -> str:
+    """`${memsweep_cell_id:}`: the cell id of the config being composed (for run dir names)."""
+    parts = {k: OmegaConf.to_container(_root_[k], resolve=True) if isinstance(_root_[k], DictConfig) else _root_[k]
+             for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in _root_}
+    try:
+        return cell_config(parts).cell_id
+    except ConfigError:
+        return "invalid-config"  # the app itself reports the error before anything runs
+
+
+OmegaConf.register_new_resolver("memsweep_cell_id", _cell_id, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://memsweep.conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        cell = cell_config(cfg)
+    except ConfigError as err:
+        print(f"memsweep: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run_cell(cell, run_dir)
+    print(
+        f"memsweep: cell {record['cell_id']} {record['status']}: memorized {record['memorized_bits']:,.0f} of "
+        f"{record['dataset_bits']:,.0f} bits ({100 * record['memorized_fraction']:.1f}%), "
+        f"{record['bits_per_param']:.3f} bits/param, {record['steps']} steps, stop: {record['stop_reason']}; "
+        f"{run_dir}/result.json"
+    )
+    return record["memorized_bits"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from memsweep.cell import gpt_config
+from memsweep.config import ConfigError, cell_config
+from memsweep.model import GPT
+from tests.conftest import compose_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_default_config_composes_and_validates():
+    cell = cell_config(compose_config())
+    assert (cell.model.n_layer, cell.model.d_model) == (1, 32)
+    assert (cell.data.vocab_size, cell.data.seq_len) == (2048, 64)
+    assert cell.precision == "fp32" and cell.logger.name == "csv"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_model_preset_states_its_true_param_count(preset):
+    cell = cell_config(compose_config([f"model={preset}"]))
+    stated = re.search(r"P = ([\d,]+)", (CONF / "model" / f"{preset}.yaml").read_text()).group(1)
+    assert GPT(gpt_config(cell, torch.device("cpu"))).n_params == int(stated.replace(",", ""))
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment):
+    cell_config(compose_config([f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.n_head=5", "model.d_model"),
+    ("data.n_samples=0", "data.n_samples"),
+    ("precision=fp16", "precision"),
+    ("trainer.lr=-1", "trainer.lr"),
+    ("trainer.schedule=linear", "trainer.schedule"),
+    ("+model.d_modl=64", "model.d_modl"),
+    ("model.n_layer=two", "model.n_layer"),
+    ("+trainer.saturation.windw=3", "trainer.saturation.windw"),
+])
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        cell_config(compose_config([override]))
+    assert str(err.value).startswith(key)
+
+
+def test_misspelled_key_and_unknown_option_are_refused_by_hydra():
+    with pytest.raises(ConfigCompositionException, match="d_modl"):
+        compose_config(["model.d_modl=64"])
+    with pytest.raises(MissingConfigException, match="model/paper-3L-d32"):
+        compose_config(["model=paper-3L-d32"])
+
+
+def test_cell_id_ignores_logging_and_devices_but_not_science():
+    base = cell_config(compose_config())
+    assert cell_config(compose_config(["logger=wandb", "trainer.eval_batch_size=7"])).cell_id == base.cell_id
+    assert cell_config(compose_config(["precision=bf16"])).cell_id != base.cell_id
+    assert cell_config(compose_config(["data.seed=1"])).cell_id != base.cell_id
+
+
+def test_cli_config_error_exits_before_training(tmp_path):
+    run_dir = tmp_path / "cell"
+    out = subprocess.run([sys.executable, "-m", "memsweep.train", f"hydra.run.dir={run_dir}", "model.n_head=3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "model.d_model" in out.stderr and "model.n_head=3" in out.stderr
+    assert not (run_dir / "result.json").exists()

@@ -1,0 +1,54 @@
+import itertools
+
+import numpy as np
+
+from memsweep.data import BLOCK_ROWS, HELDOUT_BRANCH, ShuffledBatches, random_tokens
+
+
+def test_same_seed_same_data_and_smaller_sets_are_prefixes():
+    big = random_tokens(BLOCK_ROWS + 100, 64, 2048, seed=7)
+    again = random_tokens(BLOCK_ROWS + 100, 64, 2048, seed=7)
+    small = random_tokens(50, 64, 2048, seed=7)
+    np.testing.assert_array_equal(big, again)
+    np.testing.assert_array_equal(big[:50], small)
+    assert not np.array_equal(random_tokens(50, 64, 2048, seed=8), small)
+
+
+def test_heldout_rows_are_fresh():
+    train = random_tokens(500, 64, 2048, seed=0)
+    heldout = random_tokens(500, 64, 2048, seed=0, branch=HELDOUT_BRANCH)
+    assert not {r.tobytes() for r in train} & {r.tobytes() for r in heldout}
+
+
+def test_tokens_are_uniform():
+    tokens = random_tokens(2000, 64, 16, seed=1)
+    counts = np.bincount(tokens.ravel(), minlength=16)
+    expected = tokens.size / 16
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert tokens.min() >= 0 and tokens.max() < 16
+    assert chi2 < 45  # 15 degrees of freedom: p < 1e-4 above this
+
+
+def test_large_datasets_are_memory_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr("memsweep.data.MEMMAP_BYTES", 1000)
+    path = tmp_path / "tokens.npy"
+    mapped = random_tokens(300, 64, 2048, seed=3, memmap_path=path)
+    assert isinstance(mapped, np.memmap) and path.exists()
+    np.testing.assert_array_equal(mapped, random_tokens(300, 64, 2048, seed=3))
+
+
+def test_batches_cover_each_epoch_and_resume_exactly():
+    sampler = ShuffledBatches(n_rows=10, batch_size=4, seed=0)
+    stream = list(itertools.islice(iter(sampler), 10))  # 40 rows = 4 epochs
+    assert all(len(b) == 4 for b in stream)
+    flat = np.concatenate(stream)
+    for epoch in range(4):
+        assert sorted(flat[epoch * 10 : (epoch + 1) * 10]) == list(range(10))
+    resumed = list(itertools.islice(iter(ShuffledBatches(10, 4, seed=0, start_batch=3)), 7))
+    for a, b in zip(stream[3:], resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_larger_than_dataset():
+    batch = next(iter(ShuffledBatches(n_rows=3, batch_size=8, seed=0)))
+    assert len(batch) == 8 and set(batch) == {0, 1, 2}

@@ -1,0 +1,55 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from memsweep.metrics import memorization, sequence_nll_bits, uniform_reference_bits
+
+
+def test_uniform_logits_cost_exactly_log2_v_per_token():
+    V, S = 2048, 64
+    targets = torch.randint(0, V, (3, S))
+    bits = sequence_nll_bits(torch.zeros(3, S, V), targets)
+    assert bits.dtype == torch.float64
+    np.testing.assert_allclose(bits.numpy(), S * 11.0, rtol=1e-6)
+    assert uniform_reference_bits(S, V) == 704.0
+
+
+def test_known_probabilities_give_known_bits():
+    # Target logit log(3) against three zeros: p = 3 / (3 + 3) = 1/2 -> exactly 1 bit per token.
+    V, S = 4, 5
+    targets = torch.tensor([[0, 1, 2, 3, 0]])
+    logits = torch.zeros(1, S, V)
+    logits[0, torch.arange(S), targets[0]] = math.log(3.0)
+    assert sequence_nll_bits(logits, targets).item() == pytest.approx(5.0, abs=1e-6)
+    # bf16 logits are upcast before the softmax, so the same answer comes out.
+    assert sequence_nll_bits(logits.bfloat16(), targets).item() == pytest.approx(5.0, abs=2e-2)
+
+
+def test_memorization_clips_each_sample_at_zero():
+    ref = 704.0
+    nll = np.array([104.0, 704.0, 804.0, 0.0])  # gains 600, 0, -100 (clipped), 704
+    m = memorization(nll, ref, tokens_per_sample=64)
+    assert m.dataset_bits == 4 * 704.0
+    assert m.memorized_bits == pytest.approx(600 + 0 + 0 + 704)
+    assert m.memorized_bits_unclipped == pytest.approx(600 + 0 - 100 + 704)
+    assert m.loss_bits == pytest.approx(nll.sum() / 256)
+    assert m.loss_nats == pytest.approx(nll.sum() * math.log(2) / 256)
+    assert m.memorized_bits <= m.dataset_bits
+
+
+def test_sums_are_float64_exact():
+    # A million samples of 704 - 1e-4 bits each: float32 accumulation loses the 100-bit gain.
+    nll = np.full(1_000_000, 704.0 - 1e-4)
+    m = memorization(nll, 704.0, 64)
+    assert m.memorized_bits == pytest.approx(100.0, rel=1e-6)
+    float32_gain = np.float32(704.0) * 1_000_000 - np.sum(nll.astype(np.float32), dtype=np.float32)
+    assert abs(float32_gain - 100.0) > 1.0  # what the float64 path avoids
+
+
+def test_per_sample_reference_bits():
+    m = memorization(np.array([5.0, 5.0]), np.array([10.0, 3.0]), tokens_per_sample=2)
+    assert m.dataset_bits == 13.0
+    assert m.memorized_bits == 5.0
+    assert m.memorized_bits_unclipped == 3.0
