@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -185,6 +186,23 @@ def cell_config(cfg: DictConfig | dict) -> CellConfig:
         raise ConfigError(_omegaconf_message(err)) from None
     typed: CellConfig = OmegaConf.to_object(merged)
     return typed.validate()
+
+
+def save_cell_config(cfg: CellConfig, path: Path) -> None:
+    """Write a cell's full resolved config as YAML (what a queued job reads back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    OmegaConf.save(OmegaConf.structured(cfg), tmp)
+    tmp.replace(path)
+
+
+def load_cell_config(path: Path) -> CellConfig:
+    """Read back a config written by `save_cell_config`, validated again."""
+    try:
+        raw = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no cell config there") from None
+    return cell_config(raw)
 
 
 def _omegaconf_message(err: Exception) -> str:

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -71,3 +72,14 @@ def test_cli_config_error_exits_before_training(tmp_path):
     assert out.returncode == 2
     assert "model.d_model" in out.stderr and "model.n_head=3" in out.stderr
     assert not (run_dir / "result.json").exists()
+
+
+def test_cli_runs_a_cell_into_the_given_run_dir(tmp_path):
+    run_dir = tmp_path / "my-cell"
+    out = subprocess.run([sys.executable, "-m", "memsweep.train", f"hydra.run.dir={run_dir}", "logger=none",
+                          "data.n_samples=4", "trainer.max_steps=4", "trainer.eval_interval=2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "memorized" in out.stdout and "bits/param" in out.stdout
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "done" and record["steps"] == 4

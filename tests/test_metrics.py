@@ -53,3 +53,29 @@ def test_per_sample_reference_bits():
     assert m.dataset_bits == 13.0
     assert m.memorized_bits == 5.0
     assert m.memorized_bits_unclipped == 3.0
+
+
+class HalfBitModel(torch.nn.Module):
+    """Puts probability 1/2 on the true next token: every token costs exactly 1 bit."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, self.vocab_size)
+        return logits.scatter(-1, tokens.unsqueeze(-1), math.log(self.vocab_size - 1))
+
+
+def test_evaluation_of_a_model_with_known_logits():
+    from memsweep.data import random_tokens
+    from memsweep.evaluation import per_sample_nll_bits, uniform_memorization
+
+    V, S, N = 16, 8, 10
+    tokens = random_tokens(N, S, V, seed=0)
+    nll = per_sample_nll_bits(HalfBitModel(V), tokens, batch_size=3, device=torch.device("cpu"))
+    np.testing.assert_allclose(nll, S * 1.0, rtol=1e-6)
+    m = uniform_memorization(nll, S, V)
+    assert m.dataset_bits == N * S * 4
+    assert m.memorized_bits == pytest.approx(N * S * 3, rel=1e-6)  # log2(16) - 1 bit per token
