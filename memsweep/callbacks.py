@@ -1,8 +1,9 @@
-"""Lightning callbacks: time the training steps, and measure memorization at intervals.
+"""Lightning callbacks: time the training steps, measure memorization at intervals, checkpoint.
 
 The monitor evaluates the *whole* training set and the whole held-out set (never a sampled
 batch), appends a row to the cell's metrics.csv (the local source of truth), forwards the same
-numbers to whatever loggers the trainer has, and decides when the cell has saturated.
+numbers to whatever loggers the trainer has, and decides when the cell has saturated. All three
+callbacks carry their state in checkpoints, so a resumed cell continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -14,26 +15,41 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
+from memsweep.checkpoint import save_checkpoint
 from memsweep.config import CellConfig
-from memsweep.evaluation import per_sample_nll_bits, uniform_memorization
+from memsweep.evaluation import sharded_nll_bits, uniform_memorization
+from memsweep.preemption import PreemptionFlag
 from memsweep.schedule import Plateau
 
 
 class StepTimer(L.Callback):
-    """Seconds spent in training steps only (evaluation excluded), for honest tokens/s.
+    """Seconds spent in training steps only (evaluation excluded), for honest tokens/s, and the
+    wall time of all attempts of the cell together.
 
     Put it before the monitor in the callback list so its batch-end hook runs before evaluation.
     """
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
-        self._start = 0.0
+        self.earlier_wall_seconds = 0.0
+        self._attempt_start = time.perf_counter()
+        self._step_start = 0.0
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.earlier_wall_seconds + time.perf_counter() - self._attempt_start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
+        self._step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_seconds += time.perf_counter() - self._start
+        self.train_seconds += time.perf_counter() - self._step_start
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_seconds, self.earlier_wall_seconds = state["train_seconds"], state["wall_seconds"]
 
 
 class MemorizationMonitor(L.Callback):
@@ -48,15 +64,20 @@ class MemorizationMonitor(L.Callback):
         self.saturated_at_step: int | None = None
         self.last: dict[str, float] = {}
         self.last_eval_step = -1
+        self.per_sample_nll_bits: dict[str, np.ndarray] = {}
+        """Per-sample NLLs of the latest evaluation (`train`, `heldout`), for the cell's npz file."""
+
+    def _nll(self, trainer: L.Trainer, pl_module: L.LightningModule, tokens: np.ndarray) -> np.ndarray:
+        return sharded_nll_bits(pl_module.model, tokens, self.cfg.trainer.eval_batch_size, pl_module.device,
+                                trainer.precision_plugin.forward_context, trainer.global_rank,
+                                trainer.world_size, trainer.strategy.all_gather)
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        def nll(tokens: np.ndarray) -> np.ndarray:
-            return per_sample_nll_bits(pl_module.model, tokens, self.cfg.trainer.eval_batch_size,
-                                       pl_module.device, trainer.precision_plugin.forward_context)
-
         S, V = self.cfg.data.seq_len, self.cfg.data.vocab_size
-        train = uniform_memorization(nll(self.train_tokens), S, V)
-        heldout = uniform_memorization(nll(self.heldout_tokens), S, V)
+        self.per_sample_nll_bits = {"train": self._nll(trainer, pl_module, self.train_tokens),
+                                    "heldout": self._nll(trainer, pl_module, self.heldout_tokens)}
+        train = uniform_memorization(self.per_sample_nll_bits["train"], S, V)
+        heldout = uniform_memorization(self.per_sample_nll_bits["heldout"], S, V)
         step = trainer.global_step
         return {
             "step": step,
@@ -76,18 +97,20 @@ class MemorizationMonitor(L.Callback):
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         row = self._evaluate(trainer, pl_module)
         self.last, self.last_eval_step = row, trainer.global_step
-        new_file = not self.metrics_path.exists()
-        with self.metrics_path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        if trainer.is_global_zero:
+            new_file = not self.metrics_path.exists()
+            with self.metrics_path.open("a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new_file:
+                    writer.writeheader()
+                writer.writerow(row)
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
         return row
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._record(trainer, pl_module)
+        if trainer.global_step == 0:  # a resumed cell already has this row
+            self._record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -104,7 +127,9 @@ class MemorizationMonitor(L.Callback):
                 trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.last_eval_step != trainer.global_step:
+        step = trainer.global_step
+        finished = step >= trainer.max_steps or (self.stop_step is not None and step >= self.stop_step)
+        if finished and self.last_eval_step != step:  # not after a preemption: the resumed run goes on
             self._record(trainer, pl_module)
 
     @property
@@ -112,3 +137,38 @@ class MemorizationMonitor(L.Callback):
         if self.stop_step is not None and self.last_eval_step >= self.stop_step:
             return "saturated"
         return "max_steps"
+
+    def state_dict(self) -> dict:
+        return {"history": self.plateau.history, "stop_step": self.stop_step,
+                "saturated_at_step": self.saturated_at_step, "last": self.last,
+                "last_eval_step": self.last_eval_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau.history = list(state["history"])
+        self.stop_step, self.saturated_at_step = state["stop_step"], state["saturated_at_step"]
+        self.last, self.last_eval_step = dict(state["last"]), state["last_eval_step"]
+
+
+class Checkpointer(L.Callback):
+    """Checkpoints every `every_steps` steps or `every_minutes` minutes, and at the first step
+    boundary after a preemption signal, after which it stops training (`preempted` is then True).
+    The decision is reduced over ranks, so all ranks checkpoint and stop together."""
+
+    def __init__(self, run_dir: Path, flag: PreemptionFlag, every_steps: int, every_minutes: float, keep: int):
+        self.run_dir, self.flag = run_dir, flag
+        self.every_steps, self.every_seconds, self.keep = every_steps, every_minutes * 60, keep
+        self.preempted = False
+        self._last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = bool(self.every_steps and step % self.every_steps == 0) or (
+            self.every_seconds > 0 and time.monotonic() - self._last_save >= self.every_seconds)
+        preempt = trainer.strategy.reduce_boolean_decision(self.flag.requested, all=False)
+        if not trainer.strategy.reduce_boolean_decision(due or preempt, all=False):
+            return
+        save_checkpoint(trainer, self.run_dir, keep=self.keep)
+        self._last_save = time.monotonic()
+        if preempt:
+            self.preempted = True
+            trainer.should_stop = True

@@ -1,7 +1,8 @@
-"""One cell end to end: data, model, training to saturation, and the result record."""
+"""One cell end to end: data, model, training to saturation (resumable), and the result record."""
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 import traceback
@@ -10,19 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from memsweep.callbacks import MemorizationMonitor, StepTimer
-from memsweep.config import PRECISIONS, CellConfig
+from memsweep.callbacks import Checkpointer, MemorizationMonitor, StepTimer
+from memsweep.checkpoint import newest_valid_checkpoint, step_of
+from memsweep.claim import CellClaim
+from memsweep.config import CellConfig, load_cell_config
 from memsweep.data import HELDOUT_BRANCH, ShuffledBatches, TokenRows, random_tokens
-from memsweep.loggers import build_logger, publish_summary
-from memsweep.model import GPTConfig, pick_attention
+from memsweep.loggers import build_logger, close_logger
+from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
+from memsweep.preemption import PreemptionFlag, requeue_slurm_job, slurm_job_id
 from memsweep.record import RESULT_FILE, read_result, versions, write_json_atomic
 from memsweep.runtime import keep_large_allocations_in_heap
+from memsweep.strategy import trainer_kwargs
 
 METRICS_FILE = "metrics.csv"
+CONFIG_FILE = "config.yaml"
+PER_SAMPLE_FILE = "per_sample_nll_bits.npz"
 
 
 def gpt_config(cfg: CellConfig, device: torch.device) -> GPTConfig:
@@ -37,11 +47,44 @@ def _accelerator_device(accelerator: str) -> torch.device:
     return torch.device("cuda")
 
 
+def _is_global_zero() -> bool:
+    """Rank 0 of a data-parallel launch (from the launcher's environment, as Lightning reads it)."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
+    """Run the cell whose config.yaml is in `cell_dir`: what a queued or requeued job calls.
+
+    Skips a done cell and a cell another live process holds; resumes from the newest valid
+    checkpoint; after a preemption signal it checkpoints, asks SLURM to requeue the job and exits
+    without a result, so the requeued job picks the cell up again from that checkpoint.
+    """
+    cell_dir = Path(cell_dir).resolve()
+    cfg = load_cell_config(cell_dir / CONFIG_FILE)
+    previous = read_result(cell_dir)
+    if previous is not None and previous.get("status") == "done":
+        return previous
+    claim = CellClaim(cell_dir) if _is_global_zero() else None  # rank 0 claims for the whole launch
+    if claim is not None and not claim.acquire():
+        return {"status": "claimed", "cell_id": cfg.cell_id}
+    try:
+        record = run_cell(cfg, cell_dir)
+    finally:
+        if claim is not None:
+            claim.release()
+    if record["status"] == "preempted" and record["requeue"] and slurm_job_id() is not None:
+        if _is_global_zero():
+            requeue_slurm_job()
+        raise SystemExit(-1)  # as submitit does: no result file, the requeued job continues
+    return record
+
+
 def run_cell(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     """Train one cell to saturation in `run_dir` and return its record (also in result.json).
 
     A run dir whose result.json says `done` is left untouched and its record returned: relaunching
-    a finished cell is a no-op and can never overwrite a finished result.
+    a finished cell is a no-op and can never overwrite a finished result. Otherwise training starts
+    from the newest valid checkpoint in the run dir, if any.
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,63 +92,104 @@ def run_cell(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     if previous is not None and previous.get("status") == "done":
         print(f"memsweep: cell {cfg.cell_id} is already done in {run_dir}; nothing to do")
         return previous
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a failed earlier attempt restarts from step 0
     base = {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
-    write_json_atomic(run_dir / RESULT_FILE, base)
+    write_record = (lambda record: write_json_atomic(run_dir / RESULT_FILE, record)) if _is_global_zero() \
+        else (lambda record: None)
+    write_record(base)
     started = time.perf_counter()
     try:
-        record = _train(cfg, run_dir, started)
+        record = _train(cfg, run_dir)
     except BaseException as err:
-        failed = {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                  "traceback": traceback.format_exc(), "wall_seconds": time.perf_counter() - started}
-        write_json_atomic(run_dir / RESULT_FILE, failed)
+        write_record({**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc(), "wall_seconds": time.perf_counter() - started})
         raise
-    record = {**base, **record, "status": "done"}
-    write_json_atomic(run_dir / RESULT_FILE, record)
+    record = {**base, **record}
+    write_record(record)
     return record
 
 
-def _train(cfg: CellConfig, run_dir: Path, started: float) -> dict[str, Any]:
+def _resume_point(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from; the metrics rows after it are dropped (they will be replayed)."""
+    checkpoint = newest_valid_checkpoint(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not _is_global_zero():
+        return checkpoint
+    if checkpoint is None:
+        metrics.unlink(missing_ok=True)
+    elif metrics.exists():
+        with metrics.open() as fh:
+            rows = list(csv.DictReader(fh))
+        kept = [row for row in rows if int(row["step"]) <= step_of(checkpoint)]
+        with metrics.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+            writer.writeheader()
+            writer.writerows(kept)
+    return checkpoint
+
+
+def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     data, trainer_cfg = cfg.data, cfg.trainer
     train_tokens = random_tokens(data.n_samples, data.seq_len, data.vocab_size, data.seed,
-                                 memmap_path=run_dir / "train_tokens.npy")
+                                 memmap_path=run_dir / f"train_tokens.rank{rank_zero_only.rank}.npy")
     heldout_tokens = random_tokens(data.n_heldout, data.seq_len, data.vocab_size, data.seed, branch=HELDOUT_BRANCH)
+    checkpoint = _resume_point(run_dir)
+    start_step = step_of(checkpoint) if checkpoint else 0
 
     device = _accelerator_device(trainer_cfg.accelerator)
     if device.type == "cpu":
         keep_large_allocations_in_heap()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = MemorizationModule(gpt_config(cfg, device), trainer_cfg)
-    loader = DataLoader(TokenRows(train_tokens), batch_size=None,
-                        sampler=ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed))
     timer = StepTimer()
     monitor = MemorizationMonitor(cfg, train_tokens, heldout_tokens, run_dir / METRICS_FILE, timer)
     logger = build_logger(cfg, run_dir)
-    trainer = L.Trainer(
-        accelerator=trainer_cfg.accelerator,
-        devices=trainer_cfg.devices,
-        precision=PRECISIONS[cfg.precision],
-        max_steps=trainer_cfg.max_steps,
-        logger=logger,
-        callbacks=[timer, monitor],
-        gradient_clip_val=trainer_cfg.grad_clip or None,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=50,
-        default_root_dir=str(run_dir),
-    )
-    trainer.fit(module, train_dataloaders=loader)
+    with PreemptionFlag() as flag:
+        checkpointer = Checkpointer(run_dir, flag, trainer_cfg.checkpoint_every_steps,
+                                    trainer_cfg.checkpoint_every_minutes, trainer_cfg.keep_checkpoints)
+        trainer = L.Trainer(
+            **trainer_kwargs(cfg.precision, trainer_cfg.accelerator, trainer_cfg.devices, trainer_cfg.num_nodes,
+                             trainer_cfg.strategy, trainer_cfg.deepspeed_stage, module.model.n_params,
+                             batch_size=trainer_cfg.batch_size),
+            max_steps=trainer_cfg.max_steps,
+            logger=logger,
+            callbacks=[timer, monitor, checkpointer],
+            gradient_clip_val=trainer_cfg.grad_clip or None,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            log_every_n_steps=50,
+            use_distributed_sampler=False,
+            default_root_dir=str(run_dir),
+        )
+        sampler = ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
+                                  rank=trainer.global_rank, world_size=trainer.world_size)
+        loader = DataLoader(TokenRows(train_tokens), batch_size=None, sampler=sampler)
+        try:
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint)
+        except SIGTERMException:  # Lightning re-raises the SIGTERM that the checkpointer already handled
+            if not checkpointer.preempted:
+                raise
 
     model = module.model
-    final = monitor.last
     steps = trainer.global_step
     tokens_seen = steps * trainer_cfg.batch_size * data.seq_len
+    common = {"status": "preempted" if checkpointer.preempted else "done", "steps": steps,
+              "tokens_seen": tokens_seen, "train_seconds": timer.train_seconds,
+              "wall_seconds": timer.wall_seconds, "resumed_from_step": start_step or None,
+              "signal": flag.signal_name, "requeue": flag.wants_requeue}
+    if checkpointer.preempted:
+        close_logger(logger, None)
+        return common
+    if trainer.is_global_zero:
+        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits)
+    final = monitor.last
+    n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)
     record = {
-        "n_params": model.n_params,
-        "n_params_bos": model.n_params_bos,
+        **common,
+        "n_params": n_params,
+        "n_params_bos": cfg.model.d_model,
         "n_layer": cfg.model.n_layer,
         "d_model": cfg.model.d_model,
         "n_head": cfg.model.n_head,
@@ -121,22 +205,20 @@ def _train(cfg: CellConfig, run_dir: Path, started: float) -> dict[str, Any]:
         "dataset_bits": data.n_samples * data.seq_len * math.log2(data.vocab_size),
         "memorized_bits": final["memorized_bits"],
         "memorized_bits_unclipped": final["memorized_bits_unclipped"],
-        "bits_per_param": final["memorized_bits"] / model.n_params,
+        "bits_per_param": final["memorized_bits"] / n_params,
         "memorized_fraction": final["memorized_fraction"],
         "heldout_memorized_bits": final["heldout_memorized_bits"],
         "train_loss": final["train_loss"],
         "train_loss_bits": final["train_loss_bits"],
         "test_loss": final["test_loss"],
         "test_loss_bits": final["test_loss_bits"],
-        "steps": steps,
-        "tokens_seen": tokens_seen,
         "tokens_per_sec": tokens_seen / timer.train_seconds if timer.train_seconds else None,
-        "train_seconds": timer.train_seconds,
-        "wall_seconds": time.perf_counter() - started,
         "stop_reason": monitor.stop_reason,
         "saturated_at_step": monitor.saturated_at_step,
         "device": str(next(model.parameters()).device),
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
         "cell_id": cfg.cell_id,
     }
-    publish_summary(logger, record)
+    close_logger(logger, record)
     return record

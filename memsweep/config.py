@@ -58,7 +58,7 @@ class DataConfig:
 class SaturationConfig:
     window: int = 10
     """Evaluations to look back over."""
-    tolerance: float = 0.005
+    tolerance: float = 0.01
     """Saturated when the best memorized bits of the last `window` evaluations beat the best
     before them by less than this fraction."""
     min_steps: int = 1000
@@ -72,7 +72,7 @@ class SaturationConfig:
 class TrainerConfig:
     max_steps: int = 50_000
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-2
     warmup_steps: int = 100
     schedule: str = "constant"
     """`constant` (then the saturation cooldown) or `cosine` (decay to `min_lr_ratio` at max_steps)."""
@@ -85,8 +85,21 @@ class TrainerConfig:
     eval_interval: int = 100
     """Steps between full evaluations of the training and held-out sets."""
     eval_batch_size: int = 1024
+    checkpoint_every_steps: int = 0
+    """Checkpoint every this many steps (0: by time only)."""
+    checkpoint_every_minutes: float = 15.0
+    """Checkpoint at least this often (0: never by time); preemption always checkpoints."""
+    keep_checkpoints: int = 2
     accelerator: str = "auto"
     devices: int = 1
+    """Devices per node; under SLURM it must equal --ntasks-per-node (one task per device)."""
+    num_nodes: int = 1
+    """Nodes; devices x num_nodes is the world size, SLURM's task count under srun."""
+    strategy: str = "auto"
+    """`auto` (one device; DDP when devices x num_nodes > 1; DeepSpeed ZeRO when the model state
+    does not fit a device replicated), `single`, `ddp` or `deepspeed` (memsweep/strategy.py)."""
+    deepspeed_stage: int | None = None
+    """ZeRO stage 1, 2 or 3 with strategy=deepspeed; null picks the lowest stage that fits."""
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
 
 
@@ -118,7 +131,7 @@ class CellConfig:
         _positive(self, "model.n_layer", "model.d_model", "model.n_head", "data.vocab_size", "data.seq_len",
                   "data.n_samples", "data.n_heldout", "trainer.max_steps", "trainer.batch_size",
                   "trainer.eval_interval", "trainer.eval_batch_size", "trainer.devices",
-                  "trainer.saturation.window")
+                  "trainer.saturation.window", "trainer.keep_checkpoints", "trainer.num_nodes")
         _require(m.d_model % m.n_head == 0, "model.d_model",
                  f"{m.d_model} is not divisible by model.n_head={m.n_head}")
         _choice("model.attention", m.attention, ATTENTION)
@@ -132,17 +145,26 @@ class CellConfig:
         _require(t.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
         _require(t.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {t.weight_decay}")
         _require(t.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {t.grad_clip}")
+        _require(t.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps",
+                 f"must be >= 0, got {t.checkpoint_every_steps}")
+        _require(t.checkpoint_every_minutes >= 0, "trainer.checkpoint_every_minutes",
+                 f"must be >= 0, got {t.checkpoint_every_minutes}")
         _require(s.tolerance >= 0, "trainer.saturation.tolerance", f"must be >= 0, got {s.tolerance}")
         _require(s.cooldown >= 0, "trainer.saturation.cooldown", f"must be >= 0, got {s.cooldown}")
         _require(d.vocab_size >= 2, "data.vocab_size", f"needs at least 2 tokens, got {d.vocab_size}")
+        from memsweep.strategy import check_strategy  # imported here: memsweep.strategy imports this module
+
+        check_strategy(self.precision, t.accelerator, t.devices, t.num_nodes, t.strategy, t.deepspeed_stage)
         return self
 
     def result_relevant(self) -> dict[str, Any]:
         """Everything that can change the measured result (not where or how it is logged)."""
         relevant = asdict(self)
         del relevant["logger"]
-        del relevant["trainer"]["accelerator"], relevant["trainer"]["devices"]
-        del relevant["trainer"]["eval_batch_size"]
+        for key in ("accelerator", "devices", "num_nodes", "strategy", "deepspeed_stage"):
+            del relevant["trainer"][key]  # where it trains: the global batch, hence the run, is the same
+        for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints"):
+            del relevant["trainer"][key]
         del relevant["model"]["attention"]
         return relevant
 
@@ -175,13 +197,16 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, key, f"unknown value {value!r}; choose one of {', '.join(allowed)}")
 
 
+_CELL_SCHEMA = OmegaConf.structured(CellConfig)  # built once: planning a 3,000-cell grid calls this a lot
+
+
 def cell_config(cfg: DictConfig | dict) -> CellConfig:
     """Typed, validated cell config from a Hydra/OmegaConf config (extra top-level keys such as
     `hydra` or `experiment` metadata are ignored; unknown keys inside a group are errors)."""
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     known = {k: raw[k] for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in raw}
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(CellConfig), known)
+        merged = OmegaConf.merge(_CELL_SCHEMA, known)
     except Exception as err:  # OmegaConf names the full key in its message
         raise ConfigError(_omegaconf_message(err)) from None
     typed: CellConfig = OmegaConf.to_object(merged)

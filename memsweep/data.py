@@ -74,11 +74,17 @@ class ShuffledBatches(Sampler):
     The stream has no length: `trainer.max_steps` or the saturation stop ends training.
     Batches run across epoch boundaries, so every batch has exactly `batch_size` rows even when
     the dataset is smaller than a batch (rows then repeat within a batch).
+
+    Under data parallelism every rank walks the same global batches and keeps its own slice
+    (rows rank, rank + world_size, ...), so the global batch is the same whatever the world size.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, start_batch: int = 0):
+    def __init__(self, n_rows: int, batch_size: int, seed: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"trainer.batch_size ({batch_size}) must be divisible by the world size ({world_size})")
         self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
-        self.start_batch = start_batch
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
@@ -99,4 +105,4 @@ class ShuffledBatches(Sampler):
                 if offset == self.n_rows:
                     epoch, offset = epoch + 1, 0
                     order = self._epoch_order(epoch)
-            yield np.concatenate(batch)
+            yield np.concatenate(batch)[self.rank :: self.world_size]

@@ -35,6 +35,30 @@ def per_sample_nll_bits(
     return out
 
 
+def sharded_nll_bits(
+    model: nn.Module,
+    tokens: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    forward_context: Callable[[], ContextManager],
+    rank: int,
+    world_size: int,
+    all_gather: Callable[[torch.Tensor], torch.Tensor],
+) -> np.ndarray:
+    """`per_sample_nll_bits` with the rows split over data-parallel ranks and gathered back.
+
+    Every rank runs the same number of forward passes (shards are padded to equal length), which
+    sharded-parameter strategies such as ZeRO-3 need.
+    """
+    if world_size == 1:
+        return per_sample_nll_bits(model, tokens, batch_size, device, forward_context)
+    shard = -(-len(tokens) // world_size)
+    padded = np.concatenate([tokens, np.repeat(tokens[:1], shard * world_size - len(tokens), axis=0)])
+    mine = per_sample_nll_bits(model, padded[rank * shard : (rank + 1) * shard], batch_size, device, forward_context)
+    gathered = all_gather(torch.from_numpy(mine).to(device))  # (world_size, shard)
+    return gathered.reshape(-1).cpu().numpy()[: len(tokens)]
+
+
 def uniform_memorization(nll_bits: np.ndarray, seq_len: int, vocab_size: int) -> Memorization:
     """Memorization of uniform random sequences, whose reference code length is S*log2 V each."""
     return memorization(nll_bits, uniform_reference_bits(seq_len, vocab_size), seq_len)

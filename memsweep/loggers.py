@@ -77,12 +77,14 @@ def build_logger(cfg: CellConfig, run_dir: Path) -> Logger | bool:
     )
 
 
-def publish_summary(logger: Logger | bool, record: dict) -> None:
-    """Put the cell's final numbers into the W&B run summary and close the run."""
+def close_logger(logger: Logger | bool, record: dict | None) -> None:
+    """Close the W&B run (so the next cell in this process gets its own), first putting the cell's
+    final numbers into its summary when there are any (none after a preemption)."""
     if not isinstance(logger, WandbLogger):
         return
     import wandb
 
-    scalars = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    logger.experiment.summary.update(scalars)
+    if record is not None:
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        logger.experiment.summary.update(scalars)
     wandb.finish()

@@ -36,7 +36,9 @@ class MemorizationModule(L.LightningModule):
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule)
+        # A lambda, not the schedule object: LambdaLR would pickle a callable object's __dict__ into
+        # checkpoints; the schedule's state travels through on_save_checkpoint instead.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_schedule(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

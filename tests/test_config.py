@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from memsweep.cell import gpt_config
 from memsweep.config import ConfigError, cell_config
-from memsweep.model import GPT
+from memsweep.model import GPT, paper_param_count
 from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,8 +26,11 @@ def test_default_config_composes_and_validates():
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_model_preset_states_its_true_param_count(preset):
     cell = cell_config(compose_config([f"model={preset}"]))
-    stated = re.search(r"P = ([\d,]+)", (CONF / "model" / f"{preset}.yaml").read_text()).group(1)
-    assert GPT(gpt_config(cell, torch.device("cpu"))).n_params == int(stated.replace(",", ""))
+    stated = int(re.search(r"P = ([\d,]+)", (CONF / "model" / f"{preset}.yaml").read_text()).group(1).replace(",", ""))
+    m, d = cell.model, cell.data
+    assert paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model) == stated
+    if stated < 10_000_000:  # larger rungs take GBs to build; test_model ties the formula to GPT
+        assert GPT(gpt_config(cell, torch.device("cpu"))).n_params == stated
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
@@ -83,3 +86,13 @@ def test_cli_runs_a_cell_into_the_given_run_dir(tmp_path):
     assert "memorized" in out.stdout and "bits/param" in out.stdout
     record = json.loads((run_dir / "result.json").read_text())
     assert record["status"] == "done" and record["steps"] == 4
+
+
+def test_cli_refuses_a_run_dir_that_holds_another_cell(tmp_path):
+    args = [sys.executable, "-m", "memsweep.train", f"hydra.run.dir={tmp_path}", "logger=none",
+            "data.n_samples=4", "trainer.max_steps=2", "trainer.eval_interval=1"]
+    assert subprocess.run(args, capture_output=True, text=True, timeout=300).returncode == 0
+    before = (tmp_path / "result.json").read_text()
+    other = subprocess.run([*args, "seed=1"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "holds another cell" in other.stderr
+    assert (tmp_path / "result.json").read_text() == before

@@ -1,0 +1,134 @@
+"""`memsweep`: plan a sweep, see where it stands, collect its results.
+
+    memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost; writes the plan
+    memsweep status runs/sweeps/capacity [--json]     # done / failed / running / stale / preempted / pending
+    memsweep collect runs/sweeps/capacity --out results.parquet
+
+Each subcommand is a `_add_<name>(subparsers)` function that registers its parser and handler;
+adding one (e.g. `submit`) is that function plus a line in COMMANDS. Heavy imports stay inside the
+handlers, so `status` answers quickly on a login node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ASSUMED_FLOPS_PER_SECOND = 5e13
+"""For the plan's hours column: 50 TFLOP/s sustained, roughly an A100 or H100 at modest MFU in
+bf16. Small models reach far less; pass --flops-per-second with a measured figure."""
+
+
+def _error(message: str) -> int:
+    print(f"memsweep: {message}", file=sys.stderr)
+    return 2
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from memsweep.config import ConfigError
+    from memsweep.model import paper_param_count
+    from memsweep.sweep import estimated_flops, plan_sweep, write_plan
+    from memsweep.sweepstate import cell_state
+
+    try:
+        plan = plan_sweep(args.overrides, args.sweep_dir)
+    except ConfigError as err:
+        return _error(f"config error: {err}\nnothing was written")
+    print(f"{'cell':12} {'L':>2} {'d':>5} {'P':>13} {'N':>9} {'dataset bits':>14} {'prec':10} {'seed':>4} "
+          f"{'PFLOP':>9} {'hours':>8}  state")
+    total_flops = 0.0
+    done = 0
+    for cell in plan.cells:
+        m, d = cell.config.model, cell.config.data
+        n_params = paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model)
+        flops = estimated_flops(cell.config, n_params)
+        total_flops += flops
+        state = cell_state(cell.cell_dir).state
+        done += state == "done"
+        bits = d.n_samples * d.seq_len * math.log2(d.vocab_size)
+        print(f"{cell.cell_id:12} {m.n_layer:>2} {m.d_model:>5} {n_params:>13,} {d.n_samples:>9,} {bits:>14,.0f} "
+              f"{cell.config.precision:10} {cell.config.seed:>4} {flops / 1e15:>9.3g} "
+              f"{flops / args.flops_per_second / 3600:>8.3g}  {state}")
+    write_plan(plan)
+    hours = total_flops / args.flops_per_second / 3600
+    print(f"{len(plan.cells)} cells ({done} already done, left untouched) in sweep {plan.name!r}: at most "
+          f"{total_flops:.3g} FLOPs, {hours:.3g} device-hours at an assumed {args.flops_per_second:.3g} FLOP/s "
+          f"(upper bound: trainer.max_steps; saturation stops earlier)")
+    print(f"wrote {plan.sweep_dir / 'sweep.json'} and <cell id>/config.yaml under {plan.sweep_dir}")
+    return 0
+
+
+def _add_plan(commands) -> None:
+    p = commands.add_parser("plan", help="expand and validate a grid, print its cells and cost, write the plan")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for memsweep-train -m (experiment=smoke, seed=0,1)")
+    p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
+    p.add_argument("--flops-per-second", type=float, default=ASSUMED_FLOPS_PER_SECOND,
+                   help=f"throughput assumed for the hours column (default {ASSUMED_FLOPS_PER_SECOND:g})")
+    p.set_defaults(handler=_plan)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from memsweep.sweepstate import counts, sweep_states
+
+    if not args.sweep_dir.is_dir():
+        return _error(f"{args.sweep_dir} is not a directory")
+    states = sweep_states(args.sweep_dir)
+    totals = counts(states)
+    if args.json:
+        print(json.dumps({"sweep_dir": str(args.sweep_dir.resolve()), "counts": totals, "cells": [
+            {"cell_id": c.cell_id, "state": c.state, "detail": c.detail, "overrides": list(c.overrides)}
+            for c in states]}, indent=2))
+        return 0
+    for c in states:
+        print(f"{c.cell_id:12}  {c.state:9}  {' '.join(c.overrides):50}  {c.detail}".rstrip())
+    summary = ", ".join(f"{n} {s}" for s, n in totals.items() if n or s != "corrupt")
+    print(f"{len(states)} cells: {summary}")
+    return 0
+
+
+def _add_status(commands) -> None:
+    p = commands.add_parser("status", help="state of every cell of a sweep dir")
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_status)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from memsweep.sweepstate import result_row, sweep_states, write_table
+
+    if not args.sweep_dir.is_dir():
+        return _error(f"{args.sweep_dir} is not a directory")
+    out = args.out or args.sweep_dir / "results.csv"
+    rows = [result_row(c) for c in sweep_states(args.sweep_dir)]
+    try:
+        write_table(rows, out)
+    except RuntimeError as err:
+        return _error(str(err))
+    print(f"wrote {len(rows)} rows to {out}")
+    return 0
+
+
+def _add_collect(commands) -> None:
+    p = commands.add_parser("collect", help="every result.json of a sweep as one table (CSV or Parquet)")
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--out", type=Path, help="a .csv or .parquet file (default: <sweep dir>/results.csv)")
+    p.set_defaults(handler=_collect)
+
+
+COMMANDS = [_add_plan, _add_status, _add_collect]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="memsweep", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for register in COMMANDS:
+        register(commands)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

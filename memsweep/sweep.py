@@ -1,0 +1,178 @@
+"""Plan a sweep: expand a grid exactly as `memsweep-train -m` would, validate every cell before
+anything runs, and write one resolved config per cell.
+
+Why a planner next to Hydra's multirun: multirun validates and trains in one blocking process. A
+plan is the dry run (every cell, its size and cost, before anything is queued) and the input of a
+launcher that queues cells and exits: each `<sweep dir>/<cell id>/config.yaml` is what
+`memsweep.cell.run_cell_dir` reads back.
+
+The expansion is Hydra's own, so the cells and their order are the ones multirun runs: overrides
+are parsed by Hydra's OverridesParser; the preset's `hydra.sweeper.params` come first and a
+command-line override of the same key replaces it; BasicSweeper.split_arguments forms the cross
+product. Hydra's full compose costs ~70 ms a cell, too slow for a 3,000-cell grid, so a cell is
+composed the way compose works inside: the defaults list (config-group choices, split from the
+value overrides by Hydra's own `Overrides`) is composed once per distinct choice, then the cell's
+value overrides are applied with the function compose applies them with. Those are Hydra
+internals; hydra-core is pinned (==1.3.8), and tests compare the result with a real multirun.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.defaults_list import Overrides
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+
+from memsweep.config import CellConfig, ConfigError, cell_config, save_cell_config
+from memsweep.record import read_result, write_json_atomic
+
+CONFIG_FILE = "config.yaml"
+"""The resolved cell config in a cell dir: the file memsweep.cell.run_cell_dir reads."""
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell_id: str
+    cell_dir: Path
+    config: CellConfig
+    overrides: tuple[str, ...]
+    """The Hydra overrides that produced this cell (those of its multirun job)."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    name: str
+    """sweep_name: names the sweep dir and the W&B group."""
+    sweep_dir: Path
+    cells: list[PlannedCell]
+    """De-duplicated by cell id, in grid order."""
+    overrides: tuple[str, ...] = ()
+    """The command-line overrides the plan was made from (recorded in sweep.json)."""
+
+
+class _Composer:
+    """Hydra composition of many configs that share a few defaults lists (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.repo = GlobalHydra.instance().config_loader().repository
+        self.parser = OverridesParser.create()
+        self.bases: dict[tuple[tuple[str, ...], bool], DictConfig] = {}
+        self.parsed: dict[str, Override] = {}
+
+    def parse(self, lines: list[str]) -> list[Override]:
+        """Parsed overrides, each line parsed once: a grid repeats the same few lines."""
+        for line in lines:
+            if line not in self.parsed:
+                try:
+                    self.parsed[line] = self.parser.parse_overrides([line])[0]
+                except HydraException as err:
+                    raise ConfigError(f"{line}: {_first_line(err)}") from None
+        return [self.parsed[line] for line in lines]
+
+    def compose(self, lines: list[str], with_hydra: bool = False) -> DictConfig:
+        """What `compose("train", lines)` returns (no sweep overrides in `lines`)."""
+        parsed = self.parse(lines)
+        app = [o for o in parsed if not o.is_hydra_override()]
+        try:
+            values = Overrides(self.repo, app).config_overrides
+        except HydraException as err:
+            raise ConfigError(f"defaults: {_first_line(err)}") from None
+        value_ids = {id(o) for o in values}
+        defaults = tuple(o.input_line for o in parsed if id(o) not in value_ids)
+        key = (defaults, with_hydra)
+        if key not in self.bases:
+            try:
+                self.bases[key] = compose("train", overrides=list(defaults), return_hydra_config=with_hydra)
+            except MissingConfigException as err:
+                group = (err.missing_cfg_file or "defaults").rpartition("/")[0] or "defaults"
+                raise ConfigError(f"{group}: {_first_line(err)}") from None
+            except HydraException as err:
+                raise ConfigError(f"defaults: {_first_line(err)}") from None
+        cfg = copy.deepcopy(self.bases[key])
+        for override in values:
+            try:
+                ConfigLoaderImpl._apply_overrides_to_config([override], cfg)
+            except HydraException as err:
+                raise ConfigError(f"{override.key_or_group}: {_first_line(err)}") from None
+        return cfg
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def plan_sweep(overrides: list[str], sweep_dir: Path | None = None) -> SweepPlan:
+    """Expand and validate a grid; raises ConfigError (key first, then the cell's overrides)."""
+    with initialize_config_module("memsweep.conf", version_base="1.3"):
+        composer = _Composer()
+        parsed = composer.parse(list(overrides))
+        for o in parsed:
+            if o.is_sweep_override() and (o.is_hydra_override() or not o.is_discrete_sweep()):
+                raise ConfigError(f"{o.get_key_element()}: the basic sweeper cannot sweep {o.input_line!r} "
+                                  "(Hydra's own settings and interval sweeps are not expandable)")
+        hydra_lines = [o.input_line for o in parsed if o.is_hydra_override()]
+        master = composer.compose([o.input_line for o in parsed if not o.is_sweep_override()], with_hydra=True)
+        params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
+        task = [o.input_line for o in parsed if not o.is_hydra_override()]
+        jobs = BasicSweeper.split_arguments(composer.parse(params + task), max_batch_size=None)[0]
+        root = Path(sweep_dir if sweep_dir is not None else master.hydra.sweep.dir).resolve()
+        cells: dict[str, PlannedCell] = {}
+        for job in jobs:
+            try:
+                config = cell_config(composer.compose(job + hydra_lines))
+            except ConfigError as err:
+                raise ConfigError(f"{err} (cell: {' '.join(job) or 'no overrides'})") from None
+            cells.setdefault(config.cell_id, PlannedCell(config.cell_id, root / config.cell_id, config, tuple(job)))
+        return SweepPlan(str(master.sweep_name), root, list(cells.values()), tuple(overrides))
+
+
+def _finished(cell_dir: Path) -> bool:
+    """A done cell is never touched; neither is one whose result.json cannot be read."""
+    try:
+        return (read_result(cell_dir) or {}).get("status") == "done"
+    except ValueError:
+        return True
+
+
+def write_plan(plan: SweepPlan) -> None:
+    """Write `<cell dir>/config.yaml` for every cell that is not done, then `sweep.json`."""
+    for cell in plan.cells:
+        if not _finished(cell.cell_dir):
+            save_cell_config(cell.config, cell.cell_dir / CONFIG_FILE)
+    write_json_atomic(plan.sweep_dir / SWEEP_FILE, {
+        "name": plan.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sweep_dir": str(plan.sweep_dir),
+        "overrides": list(plan.overrides),
+        "cells": [{"cell_id": c.cell_id, "overrides": list(c.overrides)} for c in plan.cells],
+    })
+
+
+def read_plan(sweep_dir: Path) -> dict | None:
+    """sweep.json of a sweep dir, or None if the sweep was not planned (e.g. a plain multirun)."""
+    try:
+        return json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def estimated_flops(cfg: CellConfig, n_params: int) -> float:
+    """An upper bound on a cell's compute: 6·P per trained token (forward and backward) for all
+    max_steps·batch·S tokens, plus 2·P per token for the full evaluation of the training and
+    held-out sets every eval_interval steps. Saturation usually stops a cell earlier."""
+    d, t = cfg.data, cfg.trainer
+    train_tokens = t.max_steps * t.batch_size * d.seq_len
+    eval_tokens = (t.max_steps // t.eval_interval) * (d.n_samples + d.n_heldout) * d.seq_len
+    return 6.0 * n_params * train_tokens + 2.0 * n_params * eval_tokens
