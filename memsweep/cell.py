@@ -127,6 +127,26 @@ def _resume_point(run_dir: Path) -> Path | None:
     return checkpoint
 
 
+def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: list[L.Callback]) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        **trainer_kwargs(cfg.precision, t.accelerator, t.devices, t.num_nodes, t.strategy, t.deepspeed_stage,
+                         n_params, batch_size=t.batch_size),
+        max_steps=t.max_steps,
+        logger=logger,
+        callbacks=callbacks,
+        gradient_clip_val=t.grad_clip or None,
+        enable_checkpointing=False,  # memsweep.checkpoint writes verified checkpoints itself
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,  # evaluation is the monitor's, over whole token sets
+        log_every_n_steps=50,
+        use_distributed_sampler=False,  # ShuffledBatches gives each rank its slice of the global batch
+        default_root_dir=str(run_dir),
+    )
+
+
 def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     data, trainer_cfg = cfg.data, cfg.trainer
     train_tokens = random_tokens(data.n_samples, data.seq_len, data.vocab_size, data.seed,
@@ -146,23 +166,7 @@ def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     with PreemptionFlag() as flag:
         checkpointer = Checkpointer(run_dir, flag, trainer_cfg.checkpoint_every_steps,
                                     trainer_cfg.checkpoint_every_minutes, trainer_cfg.keep_checkpoints)
-        trainer = L.Trainer(
-            **trainer_kwargs(cfg.precision, trainer_cfg.accelerator, trainer_cfg.devices, trainer_cfg.num_nodes,
-                             trainer_cfg.strategy, trainer_cfg.deepspeed_stage, module.model.n_params,
-                             batch_size=trainer_cfg.batch_size),
-            max_steps=trainer_cfg.max_steps,
-            logger=logger,
-            callbacks=[timer, monitor, checkpointer],
-            gradient_clip_val=trainer_cfg.grad_clip or None,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            log_every_n_steps=50,
-            use_distributed_sampler=False,
-            default_root_dir=str(run_dir),
-        )
+        trainer = _trainer(cfg, module.model.n_params, run_dir, logger, [timer, monitor, checkpointer])
         sampler = ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
                                   rank=trainer.global_rank, world_size=trainer.world_size)
         loader = DataLoader(TokenRows(train_tokens), batch_size=None, sampler=sampler)

@@ -1,6 +1,7 @@
 """`memsweep`: plan a sweep, see where it stands, collect its results.
 
     memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost; writes the plan
+    memsweep submit experiment=capacity cluster=slurm resources=gpu-1   # queue SLURM arrays, exit
     memsweep status runs/sweeps/capacity [--json]     # done / failed / running / stale / preempted / pending
     memsweep collect runs/sweeps/capacity --out results.parquet
 
@@ -16,6 +17,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from memsweep.submit_cli import add_submit_command
 
 ASSUMED_FLOPS_PER_SECOND = 5e13
 """For the plan's hours column: 50 TFLOP/s sustained, roughly an A100 or H100 at modest MFU in
@@ -118,7 +121,7 @@ def _add_collect(commands) -> None:
     p.set_defaults(handler=_collect)
 
 
-COMMANDS = [_add_plan, _add_status, _add_collect]
+COMMANDS = [_add_plan, add_submit_command, _add_status, _add_collect]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,11 +7,12 @@ state pickled at submission (fairchem #1055). Cells are packed `cells_per_job` t
 into arrays no larger than the cluster's MaxArraySize (read from `scontrol show config`; the
 limit is on the index, submitit #1624), and the `%N` throttle is shared between the arrays.
 
-Signals: exactly one component acts on the requeue signal, memsweep's PreemptionFlag. submitit
-installs a USR2 handler before it calls the job function that would requeue the job itself
-(`scontrol requeue`, or refuse when its wall-time rule calls it "timed out");
-`run_cells` replaces it with a PreemptionFlag for the whole job, and `run_cell_dir` installs its
-own while a cell trains; between cells, a pending signal makes the job requeue itself and exit.
+Signals: exactly one component acts on them, memsweep's PreemptionFlag. Before it calls the job
+function submitit installs a USR2 handler that would requeue the job itself (or, when its
+wall-time rule calls the job "timed out", refuse and end it) and a SIGTERM handler that ignores
+the signal. `run_cells` replaces both with a PreemptionFlag for the whole job, and `run_cell_dir`
+installs its own while a cell trains; between cells, a pending signal stops the job (requeueing
+it first for USR1/USR2).
 """
 
 from __future__ import annotations
@@ -50,31 +51,44 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
     """The job function: run each cell dir in order, one failure does not stop the others.
 
     Module-level so submitit pickles it by reference. Returns {cell dir: status}; raises
-    CellsFailed at the end naming the failed cells. A preemption signal that arrives outside a
-    cell's training (between cells, or while one starts up) requeues the job before the next cell.
+    CellsFailed at the end naming the failed cells. After a signal (caught by a cell's training,
+    or by this job between cells) no further cell starts: on USR1/USR2 the job requeues itself,
+    on SIGTERM (scancel, or SLURM's own requeue) it just exits; either way without a result file.
     """
     outcomes: dict[str, str] = {}
     failed: dict[str, str] = {}
     with PreemptionFlag() as guard:
         for cell_dir in cell_dirs:
-            if guard.requested and requeue_slurm_job():
-                print(f"memsweep: {guard.signal_name} between cells; requeued the job", flush=True)
-                raise SystemExit(-1)  # no result file: the requeued job carries on
+            if guard.requested:
+                _interrupted(guard.signal_name, guard.wants_requeue, cell_dirs, outcomes)
             if _is_done(Path(cell_dir)):  # e.g. a requeued job's first cells: skip torch's import too
                 outcomes[cell_dir] = "done"
                 continue
             try:
                 from memsweep.cell import run_cell_dir  # torch and Lightning load in the job only
 
-                outcomes[cell_dir] = run_cell_dir(Path(cell_dir))["status"]
-            except Exception as err:  # SystemExit (a requeue) is not caught
+                record = run_cell_dir(Path(cell_dir))  # raises SystemExit once it has requeued the job
+            except Exception as err:
                 failed[cell_dir] = outcomes[cell_dir] = f"failed: {type(err).__name__}: {err}"
                 traceback.print_exc()
+            else:
+                outcomes[cell_dir] = record["status"]
+                if record["status"] == "preempted":  # checkpointed and stopped, not requeued
+                    _interrupted(record.get("signal"), record.get("requeue", False), cell_dirs, outcomes)
             print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
     if failed:
         raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
                           + "\n".join(f"  {d}: {e}" for d, e in failed.items()))
     return outcomes
+
+
+def _interrupted(signal_name: str | None, requeue: bool, cell_dirs: list[str], outcomes: dict[str, str]) -> None:
+    """Stop the job after a signal: requeue it first if the signal asked for that."""
+    left = [d for d in cell_dirs if d not in outcomes or outcomes[d] == "preempted"]
+    requeued = requeue and requeue_slurm_job()
+    print(f"memsweep: {signal_name}: {'requeued the job' if requeued else 'stopping'}; "
+          f"{len(left)} cell(s) left: {' '.join(left)}", flush=True)
+    raise SystemExit(-1)  # no result file: a requeued job carries on, a cancelled one ends
 
 
 def read_max_array_size() -> int:

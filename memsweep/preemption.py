@@ -40,11 +40,19 @@ class PreemptionFlag:
     def __enter__(self) -> "PreemptionFlag":
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+            outer = getattr(self._previous[sig], "__self__", None)
+            if isinstance(outer, PreemptionFlag) and outer.requested:
+                # A signal caught by an enclosing flag (the job's, while this cell was being set
+                # up) still counts: checkpoint at the first step instead of training on.
+                self.requested, self.signal_name = True, outer.signal_name
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+            outer = getattr(handler, "__self__", None)
+            if self.requested and isinstance(outer, PreemptionFlag):
+                outer.requested, outer.signal_name = True, self.signal_name  # the job still has to act
         self._previous.clear()
 
 

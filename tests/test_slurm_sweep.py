@@ -46,7 +46,8 @@ def cluster():
 
 def memsweep(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`memsweep submit|status ...` as a user runs it (a separate process)."""
-    module = "memsweep.submit_cli" if args[0] == "submit" else "memsweep.cli"
+    registered = "add_submit_command" in (ROOT / "memsweep" / "cli.py").read_text()
+    module = "memsweep.submit_cli" if args[0] == "submit" and not registered else "memsweep.cli"
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=180,
                           cwd=ROOT)
     assert not check or done.returncode == 0, done.stdout + done.stderr
@@ -276,7 +277,7 @@ def test_requeued_and_signalled_cell_resumes_to_the_uninterrupted_result(cluster
                         log_dir=tmp_path / ".submitit", array_parallelism=2)
     job = slurm_json(cell)["job_id"]
 
-    # 1. A hard requeue (SIGTERM, then SIGKILL) once the first checkpoint is written.
+    # 1. `scontrol requeue` (SIGTERM, then SIGKILL after KillWait) once a checkpoint is written.
     wait_until(lambda: checkpoints(cell), 150, "a first checkpoint")
     first_pid = read_claim(cell)["pid"]
     subprocess.run(["scontrol", "requeue", job], check=True)
@@ -304,6 +305,28 @@ def test_requeued_and_signalled_cell_resumes_to_the_uninterrupted_result(cluster
     logs = "".join(Path(slurm_json(cell)[k]).read_text() for k in ("stdout", "stderr"))
     assert "Caught signal" not in logs and "Handling auto-requeue signal" not in logs
     assert len(jobs) == 2
+
+
+@pytest.mark.slurm
+def test_scancel_stops_a_packed_job_without_starting_its_next_cell(cluster, tmp_path):
+    long = plan_sweep(["experiment=smoke", "data.n_samples=16", "precision=fp32", "trainer.max_steps=400",
+                       "trainer.checkpoint_every_steps=20", "seed=7"], tmp_path)
+    short = plan_sweep(["experiment=smoke", "data.n_samples=8", "precision=fp32", "seed=7"], tmp_path)
+    for plan in (long, short):
+        write_plan(plan)
+    first, second = long.cells[0].cell_dir, short.cells[0].cell_dir
+    [job] = submit_cells([first, second], LOCAL, log_dir=tmp_path / ".submitit", array_parallelism=1,
+                         cells_per_job=2)
+    wait_until(lambda: checkpoints(first), 150, "a first checkpoint")
+    subprocess.run(["scancel", job.job_id], check=True)
+    wait_until(lambda: live_states([job.job_id]).get(job.job_id, "").startswith("CANCELLED"), 60, "cancelled")
+    wait_until(lambda: (result(first) or {}).get("status") == "preempted", 30, "the first cell checkpointed")
+    stopped = result(first)
+    assert stopped["signal"] == "SIGTERM" and stopped["requeue"] is False
+    assert checkpoints(first) and stopped["steps"] < 400
+    time.sleep(6)  # past KillWait: a second cell would have started by now
+    assert not (second / "result.json").exists()  # SIGTERM means stop: the next cell never started
+    assert "SIGTERM: stopping" in Path(slurm_json(first)["stdout"]).read_text()
 
 
 # ---- (f) Hydra's own launcher -----------------------------------------------------------------
