@@ -4,6 +4,7 @@
     memsweep submit experiment=capacity cluster=slurm resources=gpu-1   # queue SLURM arrays, exit
     memsweep status runs/sweeps/capacity [--json]     # done / failed / running / stale / preempted / pending
     memsweep collect runs/sweeps/capacity --out results.parquet
+    memsweep sync runs/sweeps/capacity                # upload the cells' offline W&B runs
 
 Each subcommand is a `_add_<name>(subparsers)` function that registers its parser and handler;
 adding one (e.g. `submit`) is that function plus a line in COMMANDS. Heavy imports stay inside the
@@ -30,6 +31,15 @@ def _error(message: str) -> int:
     return 2
 
 
+def _check_slurm_allocation(plan, overrides: list[str]) -> None:
+    """With a SLURM cluster preset, every cell's devices x nodes must match the sbatch tasks."""
+    if not any(o.split("=")[0] in ("cluster", "+cluster") and "slurm" in o for o in overrides):
+        return
+    from memsweep.submit_cli import check_allocation, launch_settings
+
+    check_allocation(plan.cells, launch_settings(overrides).executor_params)
+
+
 def _plan(args: argparse.Namespace) -> int:
     from memsweep.config import ConfigError
     from memsweep.model import paper_param_count
@@ -38,6 +48,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     try:
         plan = plan_sweep(args.overrides, args.sweep_dir)
+        _check_slurm_allocation(plan, args.overrides)
     except ConfigError as err:
         return _error(f"config error: {err}\nnothing was written")
     print(f"{'cell':12} {'L':>2} {'d':>5} {'P':>13} {'N':>9} {'dataset bits':>14} {'prec':10} {'seed':>4} "
@@ -121,7 +132,38 @@ def _add_collect(commands) -> None:
     p.set_defaults(handler=_collect)
 
 
-COMMANDS = [_add_plan, add_submit_command, _add_status, _add_collect]
+def offline_wandb_runs(sweep_dir: Path) -> list[Path]:
+    """Every offline W&B run written by the cells of a sweep (cell dirs hold their own wandb/)."""
+    return sorted(Path(sweep_dir).glob("*/wandb/offline-run-*"))
+
+
+def _sync(args: argparse.Namespace) -> int:
+    runs = offline_wandb_runs(args.sweep_dir)
+    if args.dry_run or not runs:
+        print("\n".join(map(str, runs)) or f"no offline W&B runs under {args.sweep_dir}")
+        return 0
+    import subprocess
+    import time
+
+    for start in range(0, len(runs), args.batch):  # batches with pauses: W&B rate-limits (wandb #5445)
+        batch = [str(run) for run in runs[start : start + args.batch]]
+        if subprocess.run(["wandb", "sync", *batch]).returncode:
+            return _error(f"wandb sync failed on {batch[0]} ... ({len(batch)} runs); rerun to retry")
+        time.sleep(args.pause)
+    print(f"synced {len(runs)} runs")
+    return 0
+
+
+def _add_sync(commands) -> None:
+    p = commands.add_parser("sync", help="upload a sweep's offline W&B runs (wandb sync, in batches)")
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--batch", type=int, default=10, help="runs per `wandb sync` call")
+    p.add_argument("--pause", type=float, default=5.0, help="seconds between batches")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, upload nothing")
+    p.set_defaults(handler=_sync)
+
+
+COMMANDS = [_add_plan, add_submit_command, _add_status, _add_collect, _add_sync]
 
 
 def main(argv: list[str] | None = None) -> int:

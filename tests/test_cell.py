@@ -141,16 +141,22 @@ def test_failed_cell_is_recorded(small_cell, tmp_path, monkeypatch):
     assert record["status"] == "failed" and "synthetic failure" in record["error"]
 
 
-def test_wandb_offline_round_trip(small_cell, tmp_path, monkeypatch):
+def test_wandb_offline_round_trip(small_cell, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = small_cell("logger=wandb", "trainer.max_steps=60", "trainer.eval_interval=20")
-    record = run_cell(cfg, tmp_path)
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    cell_dir = tmp_path / cfg.cell_id  # as in a sweep dir
+    record = run_cell(cfg, cell_dir)
+    (run_file,) = cell_dir.glob("wandb/offline-run-*/run-*.wandb")
     assert run_id(run_file) == cfg.cell_id
     history, summary = history_and_summary(run_file)
     logged = [row["eval/memorized_bits"] for row in history if "eval/memorized_bits" in row]
-    assert logged == pytest.approx([row["memorized_bits"] for row in metrics_rows(tmp_path)])
+    assert logged == pytest.approx([row["memorized_bits"] for row in metrics_rows(cell_dir)])
     assert summary["memorized_bits"] == pytest.approx(record["memorized_bits"])
     assert summary["bits_per_param"] == pytest.approx(record["bits_per_param"])
+    # `memsweep sync` finds the sweep's offline runs (a dry run: there is no network here).
+    from memsweep.cli import main
+
+    assert main(["sync", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == [str(run_file.parent)]

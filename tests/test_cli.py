@@ -136,6 +136,15 @@ def test_plan_refuses_a_bad_grid_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_plan_checks_devices_against_the_slurm_allocation(tmp_path, capsys):
+    args = ["plan", "experiment=smoke", "cluster=slurm-local", "resources=cpu", "--sweep-dir", str(tmp_path / "s")]
+    assert main([*args[:4], "trainer.devices=2", *args[4:]]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.devices" in err and "resources.tasks_per_node" in err
+    assert not (tmp_path / "s").exists()
+    assert main(args) == 0
+
+
 def test_memsweep_console_script_is_registered():
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts.get("memsweep") == "memsweep.cli:main"
