@@ -249,19 +249,23 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return outputs
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:The `srun` command is available")
-def test_ddp_two_cpu_ranks_under_srun_variables(tmp_path, monkeypatch):
-    port = _free_port()
-    procs = []
+def _srun_ranks(code: str) -> list[subprocess.Popen]:
+    """Two processes running `code` with the environment srun gives the two tasks of one node."""
+    port, procs = _free_port(), []
     for rank in (0, 1):
         env = {**_clean_env(), **SRUN_2x1, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
                "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
         env.pop("SLURM_GPUS_ON_NODE")
-        code = f"from tests.test_strategy import _ddp_rank; _ddp_rank({str(tmp_path)!r})"
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")
+def test_ddp_two_cpu_ranks_under_srun_variables(tmp_path, monkeypatch):
+    procs = _srun_ranks(f"from tests.test_strategy import _ddp_rank; _ddp_rank({str(tmp_path)!r})")
     _wait(procs, timeout=300)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -321,21 +325,11 @@ def _cell_rank(run_dir: str, devices: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(TrainerConfig(), "num_nodes"),
-                    reason="needs trainer.num_nodes/strategy/deepspeed_stage in memsweep/config.py (the strategy diff)")
 def test_ddp_cell_end_to_end_matches_one_device(tmp_path):
     """memsweep.cell.run_cell on 2 srun-style gloo ranks measures what one process measures."""
     import json
 
-    port, procs = _free_port(), []
-    for rank in (0, 1):
-        env = {**_clean_env(), **SRUN_2x1, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-               "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port)}
-        env.pop("SLURM_GPUS_ON_NODE")
-        code = f"from tests.test_strategy import _cell_rank; _cell_rank({str(tmp_path / 'ddp')!r}, 2)"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    procs = _srun_ranks(f"from tests.test_strategy import _cell_rank; _cell_rank({str(tmp_path / 'ddp')!r}, 2)")
     code = f"from tests.test_strategy import _cell_rank; _cell_rank({str(tmp_path / 'single')!r}, 1)"
     procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_clean_env(), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
