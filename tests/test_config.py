@@ -35,7 +35,9 @@ def test_every_model_preset_states_its_true_param_count(preset):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(experiment):
-    cell_config(compose_config([f"experiment={experiment}"]))
+    cfg = compose_config([f"experiment={experiment}"])
+    cell_config(cfg)  # raises ConfigError if a preset is broken
+    assert cfg.sweep_name == experiment  # its cells go to runs/sweeps/<experiment>, not the default
 
 
 @pytest.mark.parametrize("override,key", [
