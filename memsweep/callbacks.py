@@ -164,9 +164,9 @@ class Checkpointer(L.Callback):
         step = trainer.global_step
         due = bool(self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds > 0 and time.monotonic() - self._last_save >= self.every_seconds)
+        if not trainer.strategy.reduce_boolean_decision(due or self.flag.requested, all=False):
+            return  # one collective per step in the common case; the second only when saving
         preempt = trainer.strategy.reduce_boolean_decision(self.flag.requested, all=False)
-        if not trainer.strategy.reduce_boolean_decision(due or preempt, all=False):
-            return
         save_checkpoint(trainer, self.run_dir, keep=self.keep)
         self._last_save = time.monotonic()
         if preempt:
