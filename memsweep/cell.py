@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from memsweep.callbacks import Checkpointer, MemorizationMonitor, StepTimer
 from memsweep.checkpoint import newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim
-from memsweep.config import CellConfig, load_cell_config
+from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.data import HELDOUT_BRANCH, ShuffledBatches, TokenRows, random_tokens
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
@@ -31,7 +31,6 @@ from memsweep.runtime import keep_large_allocations_in_heap
 from memsweep.strategy import trainer_kwargs
 
 METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.yaml"
 PER_SAMPLE_FILE = "per_sample_nll_bits.npz"
 
 

@@ -213,6 +213,10 @@ def cell_config(cfg: DictConfig | dict) -> CellConfig:
     return typed.validate()
 
 
+CONFIG_FILE = "config.yaml"
+"""A cell dir's resolved config: written by the planner and the Hydra app, read by the runner."""
+
+
 def save_cell_config(cfg: CellConfig, path: Path) -> None:
     """Write a cell's full resolved config as YAML (what a queued job reads back)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,9 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 
-from memsweep.config import CellConfig, ConfigError, cell_config, save_cell_config
+from memsweep.config import CONFIG_FILE, CellConfig, ConfigError, cell_config, save_cell_config
 from memsweep.record import read_result, write_json_atomic
 
-CONFIG_FILE = "config.yaml"
-"""The resolved cell config in a cell dir: the file memsweep.cell.run_cell_dir reads."""
 SWEEP_FILE = "sweep.json"
 
 

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from memsweep.claim import CLAIM_FILE, claim_is_live, read_claim
 from memsweep.record import RESULT_FILE, read_result
-from memsweep.sweep import CONFIG_FILE, read_plan
+from memsweep.config import CONFIG_FILE
+from memsweep.sweep import read_plan
 
 STATES = ("done", "failed", "running", "stale", "preempted", "pending", "corrupt")
 """pending: no result yet; running: a live claim (or a running record without a claim);

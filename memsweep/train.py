@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from memsweep.cell import CONFIG_FILE, run_cell_dir
-from memsweep.config import ConfigError, cell_config, load_cell_config, save_cell_config
+from memsweep.cell import run_cell_dir
+from memsweep.config import CONFIG_FILE, ConfigError, cell_config, load_cell_config, save_cell_config
 
 
 def _cell_id(*, _root_: DictConfig) -> str:
@@ -42,9 +42,10 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config_file = run_dir / CONFIG_FILE
-    if config_file.exists() and load_cell_config(config_file).cell_id != cell.cell_id:
-        print(f"memsweep: {run_dir} holds another cell ({load_cell_config(config_file).cell_id}, not "
-              f"{cell.cell_id}); choose another hydra.run.dir", file=sys.stderr)
+    existing = load_cell_config(config_file).cell_id if config_file.exists() else cell.cell_id
+    if existing != cell.cell_id:
+        print(f"memsweep: {run_dir} holds another cell ({existing}, not {cell.cell_id}); "
+              "choose another hydra.run.dir", file=sys.stderr)
         sys.exit(2)
     save_cell_config(cell, config_file)
     record = run_cell_dir(run_dir)

@@ -15,7 +15,6 @@ import torch
 from omegaconf import OmegaConf
 
 from memsweep import ladder
-from memsweep.cell import CONFIG_FILE as RUNNER_CONFIG_FILE
 from memsweep.cell import gpt_config
 from memsweep.cli import main as cli
 from memsweep.config import ConfigError, cell_config, load_cell_config
@@ -103,7 +102,6 @@ def test_what_the_basic_sweeper_cannot_expand_is_refused(override):
 
 
 def test_write_plan_writes_what_the_runner_reads(tmp_path):
-    assert CONFIG_FILE == RUNNER_CONFIG_FILE
     plan = plan_sweep(["experiment=smoke", "seed=3"], sweep_dir=tmp_path)
     write_plan(plan)
     for cell in plan.cells:
