@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import platform
 import time
 import traceback
 from dataclasses import asdict
@@ -49,6 +50,13 @@ def _accelerator_device(accelerator: str) -> torch.device:
 def _is_global_zero() -> bool:
     """Rank 0 of a data-parallel launch (from the launcher's environment, as Lightning reads it)."""
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _device_name(device: torch.device) -> str:
+    """What the report's MFU column looks up the peak FLOP/s by (e.g. 'NVIDIA H100 80GB HBM3')."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or device.type
 
 
 def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
@@ -219,6 +227,8 @@ def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
         "stop_reason": monitor.stop_reason,
         "saturated_at_step": monitor.saturated_at_step,
         "device": str(next(model.parameters()).device),
+        "device_name": _device_name(next(model.parameters()).device),
+        "flops_per_token": model.flops_per_token(),
         "world_size": trainer.world_size,
         "strategy": type(trainer.strategy).__name__,
         "cell_id": cfg.cell_id,

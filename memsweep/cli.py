@@ -5,6 +5,8 @@
     memsweep status runs/sweeps/capacity [--json]     # done / failed / running / stale / preempted / pending
     memsweep collect runs/sweeps/capacity --out results.parquet
     memsweep sync runs/sweeps/capacity                # upload the cells' offline W&B runs
+    memsweep run experiment=reproduce-small --workers 2   # plan, run here, report
+    memsweep report runs/sweeps/reproduce-small       # capacity, alpha, double descent, MI, throughput
 
 Each subcommand is a `_add_<name>(subparsers)` function that registers its parser and handler;
 adding one (e.g. `submit`) is that function plus a line in COMMANDS. Heavy imports stay inside the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -163,7 +166,77 @@ def _add_sync(commands) -> None:
     p.set_defaults(handler=_sync)
 
 
-COMMANDS = [_add_plan, add_submit_command, _add_status, _add_collect, _add_sync]
+def _write_report(sweep_dir: Path, out: Path | None, wandb: str, bootstrap: int, peak_tflops: float | None) -> int:
+    from memsweep.analysis.report import REPORT_DIR, build_report, write_report
+
+    report = build_report(sweep_dir, n_boot=bootstrap, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+    out = out or sweep_dir / REPORT_DIR
+    path = write_report(report, out)
+    for precision, fit in report.summary.get("alpha", {}).items():
+        ci = f" (95% CI {fit['alpha_ci'][0]:.2f}-{fit['alpha_ci'][1]:.2f})" if fit["alpha_ci"] else ""
+        print(f"alpha {precision}: {fit['alpha']:.2f} bits/param{ci}, {fit['n_models']} models")
+    print(f"{report.summary['cells_done']} cells done, {report.summary['cells_missing']} not done; wrote {path}")
+    if wandb != "off":
+        from memsweep.analysis.wandb_report import publish
+
+        print(f"W&B run: {publish(report, out, mode=wandb)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    if not args.sweep_dir.is_dir():
+        return _error(f"{args.sweep_dir} is not a directory")
+    return _write_report(args.sweep_dir, args.out, args.wandb, args.bootstrap, args.peak_tflops)
+
+
+def _report_options(p) -> None:
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "off"], default="off",
+                   help="also log the report to W&B (the sweep's group); auto: online with a key, else offline")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the intervals")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where memsweep has no figure (CPUs)")
+
+
+def _add_report(commands) -> None:
+    p = commands.add_parser("report", help="capacity curves, alpha, double descent, membership inference, throughput")
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--out", type=Path, help="output dir (default: <sweep dir>/report)")
+    _report_options(p)
+    p.set_defaults(handler=_report)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from memsweep.config import ConfigError
+    from memsweep.local_run import run_workers
+    from memsweep.sweep import plan_sweep, write_plan
+
+    if any(o.split("=")[0].lstrip("+") == "cluster" and "slurm" in o for o in args.overrides):
+        return _error("memsweep run trains on this machine; queue a SLURM grid with `memsweep submit`")
+    try:
+        plan = plan_sweep(args.overrides, args.sweep_dir)
+    except ConfigError as err:
+        return _error(f"config error: {err}\nnothing was written")
+    write_plan(plan)
+    print(f"{len(plan.cells)} cells in {plan.sweep_dir}, {args.workers} workers")
+    failed_workers = run_workers(plan.sweep_dir, args.workers)
+    if not args.no_report:
+        _write_report(plan.sweep_dir, None, args.wandb, args.bootstrap, args.peak_tflops)
+    if failed_workers:
+        return _error(f"some cells failed: `memsweep status {plan.sweep_dir}` names them")
+    return 0
+
+
+def _add_run(commands) -> None:
+    p = commands.add_parser("run", help="plan a grid, run its cells on this machine, write the report")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for memsweep-train -m")
+    p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
+                   help="cells trained at once, each in its own process (default: one per core)")
+    p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
+    _report_options(p)
+    p.set_defaults(handler=_run)
+
+
+COMMANDS = [_add_plan, _add_run, add_submit_command, _add_status, _add_collect, _add_report, _add_sync]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,13 @@ def paper_param_count(vocab_size: int, seq_len: int, n_layer: int, d_model: int)
     return V * d + S * d + L * (12 * d * d + 13 * d) + 2 * d
 
 
+def training_flops_per_token(vocab_size: int, seq_len: int, n_layer: int, d_model: int) -> int:
+    """Training FLOPs per token: 6 per matmul weight (all of P but the position table) plus the
+    attention scores, 12 L d S (PaLM's MFU formula, as torchtitan counts it)."""
+    matmul_params = paper_param_count(vocab_size, seq_len, n_layer, d_model) - seq_len * d_model
+    return 6 * matmul_params + 12 * n_layer * d_model * seq_len
+
+
 def pick_attention(device: torch.device | str) -> str:
     """Attention kernel measured fastest per device (benchmarks/throughput.py).
 
@@ -156,8 +163,5 @@ class GPT(nn.Module):
         }
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6 per matmul weight plus attention scores (PaLM's MFU formula)."""
         cfg = self.cfg
-        matmul_params = self.n_params - self.wpe.weight.numel() - self.n_params_bos
-        attention = 12 * cfg.n_layer * cfg.d_model * cfg.seq_len
-        return 6 * matmul_params + attention
+        return training_flops_per_token(cfg.vocab_size, cfg.seq_len, cfg.n_layer, cfg.d_model)
