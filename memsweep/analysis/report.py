@@ -151,7 +151,7 @@ def _alpha_lines(report: Report) -> list[str]:
         line = f"- **{p}: α = {f['alpha']:.2f} bits/param** through the origin, {ci}; {f['n_models']} models, ≥{f['n_seeds']} seeds each"
         if f["slope"] is not None:
             sci = f", slope CI {f['slope_ci'][0]:.2f}–{f['slope_ci'][1]:.2f}" if f["slope_ci"] else ""
-            line += f". With an intercept: {f['slope']:.2f} bits/param + {f['intercept']:,.0f} bits{sci}"
+            line += f". With an intercept: {f['slope']:.2f} bits/param {f['intercept']:+,.0f} bits{sci}"
         paper = TABLE1_MEAN_ALPHA.get(p)
         lines.append(line + (f". Paper (Table 1 mean, {p}): {paper}." if paper else "."))
     if "alpha_bf16_minus_fp32" in report.summary:

@@ -1,0 +1,157 @@
+"""The report's fits recover constants planted in synthetic cell records, and the attack scores
+what it should on synthetic losses. No training here: tests/test_report.py runs a real sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memsweep.analysis.capacity import capacities, capacity_summary, fit_alpha
+from memsweep.analysis.double_descent import double_descent_points, locate_peak
+from memsweep.analysis.membership import (PAPER_LAW, fit_law, law_f1, loss_threshold_attack, oracle_f1,
+                                          samples_for_f1)
+from memsweep.analysis.paper import table1_comparison, verdict
+
+BITS_PER_SEQ = 512.0
+SIZES = [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+
+
+def synthetic_cells(capacity_of, seeds=(0, 1, 2, 3), precisions=("fp32",), test_loss=None, rng_seed=0) -> pd.DataFrame:
+    """Cells whose memorized bits follow min(H, capacity(P, seed)) minus a little shortfall
+    near the knee, as a trained model's would."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for precision in precisions:
+        for d, n_params in [(16, 8_000), (32, 20_000), (48, 40_000)]:
+            for seed in seeds:
+                cap = capacity_of(n_params, seed, precision)
+                for n in SIZES:
+                    h = n * BITS_PER_SEQ
+                    mem = min(h, cap) * (0.97 if abs(np.log2(h / cap)) < 1 else 1.0)
+                    rows.append({"n_layer": 1, "d_model": d, "n_head": 2, "vocab_size": 256, "seq_len": 64,
+                                 "precision": precision, "seed": seed, "n_params": n_params, "n_samples": n,
+                                 "dataset_bits": h, "memorized_bits": mem, "stop_reason": "saturated",
+                                 "model": f"1L d{d}", "train_loss": 1.0,
+                                 "test_loss": test_loss(h / cap, rng) if test_loss else 6.0})
+    return pd.DataFrame(rows)
+
+
+def test_capacity_is_the_max_over_dataset_sizes_and_alpha_is_recovered():
+    noise = {0: -0.04, 1: 0.02, 2: 0.05, 3: -0.03}
+    cells = synthetic_cells(lambda p, seed, _: 3.5 * p * (1 + noise[seed]))
+    caps = capacities(cells)
+    assert len(caps) == 3 * 4
+    first = caps[(caps["n_params"] == 8_000) & (caps["seed"] == 0)].iloc[0]
+    assert first["capacity_bits"] == pytest.approx(3.5 * 8_000 * 0.96)
+    assert first["bracketed"] and first["saturated"]
+
+    fit = fit_alpha(caps, "fp32", n_boot=500)
+    assert fit.alpha == pytest.approx(3.5 * (1 + np.mean(list(noise.values()))), rel=1e-6)
+    assert fit.alpha_ci[0] < 3.5 < fit.alpha_ci[1]
+    assert fit.alpha_ci[1] - fit.alpha_ci[0] < 0.35  # seed noise of +-5%: the CI is that wide, no wider
+    assert fit.intercept == pytest.approx(0, abs=50)
+
+
+def test_alpha_with_an_intercept_separates_a_fixed_cost():
+    cells = synthetic_cells(lambda p, seed, _: 3.0 * p + 20_000, seeds=(0, 1))
+    fit = fit_alpha(capacities(cells), "fp32", n_boot=100)
+    assert fit.slope == pytest.approx(3.0, rel=1e-6)
+    assert fit.intercept == pytest.approx(20_000, rel=1e-6)
+    assert fit.alpha > 3.3  # the line through the origin absorbs the fixed cost
+
+
+def test_a_single_seed_gives_no_interval_and_an_unbracketed_max_is_flagged():
+    cells = synthetic_cells(lambda p, seed, _: 1e9, seeds=(0,))  # capacity beyond every N
+    caps = capacities(cells)
+    assert not caps["bracketed"].any()
+    assert not capacity_summary(caps)["all_bracketed"].any()
+    fit = fit_alpha(caps, "fp32")
+    assert fit.alpha_ci is None and fit.n_seeds == 1
+
+
+def test_fp32_and_bf16_are_fitted_separately():
+    cells = synthetic_cells(lambda p, seed, prec: (3.8 if prec == "fp32" else 3.5) * p, seeds=(0, 1),
+                            precisions=("fp32", "bf16"))
+    caps = capacities(cells)
+    assert fit_alpha(caps, "fp32").alpha == pytest.approx(3.8)
+    assert fit_alpha(caps, "bf16").alpha == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("true_peak", [0.8, 1.0, 1.7])
+def test_double_descent_peak_is_located_between_grid_points(true_peak):
+    def loss(ratio, rng):  # a smooth hump in log(ratio), plus seed noise
+        return 8.0 + 2.0 * np.exp(-((np.log10(ratio) - np.log10(true_peak)) ** 2) / 0.5) + rng.normal(0, 0.01)
+
+    cells = synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0, 1, 2), test_loss=loss)
+    points = double_descent_points(cells, {"fp32": 3.5}, n_boot=200)
+    assert len(points) == 3 and points["bracketed"].all()
+    for row in points.itertuples():
+        assert row.peak_ratio == pytest.approx(true_peak, rel=0.15)
+        assert row.ratio_low <= row.peak_ratio <= row.ratio_high
+
+
+def test_a_peak_at_the_grid_edge_is_not_bracketed():
+    peak = locate_peak(np.log10(np.array([1, 2, 4, 8.0])), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert not peak.bracketed and peak.log_ratio == pytest.approx(np.log10(8))
+
+
+def test_attack_on_indistinguishable_losses_scores_one_half():
+    rng = np.random.default_rng(0)
+    result = loss_threshold_attack(rng.normal(500, 20, 4000), rng.normal(500, 20, 4000))
+    assert result.f1 == pytest.approx(0.5, abs=0.03)
+    assert result.auc == pytest.approx(0.5, abs=0.03)
+    assert result.n_per_class == 2000
+
+
+def test_attack_on_separated_losses_scores_one():
+    rng = np.random.default_rng(1)
+    result = loss_threshold_attack(rng.normal(100, 5, 300), rng.normal(700, 5, 500))
+    assert result.f1 == 1.0 and result.f1_oracle == 1.0 and result.auc == 1.0
+    assert 100 < result.threshold_bits < 700
+
+
+def test_oracle_f1_and_auc_on_a_hand_example():
+    members, nonmembers = np.array([1.0, 2.0, 5.0]), np.array([3.0, 4.0, 6.0])
+    # calling the two lowest members: precision 1, recall 2/3 -> F1 0.8; calling 5 lowest: 3/5, 1 -> 0.75
+    assert oracle_f1(members, nonmembers) == pytest.approx(0.8)
+    # pairs (member < non-member): 1 and 2 beat all 3, 5 beats only 6 -> 7 of 9
+    from memsweep.analysis.membership import auc
+    assert auc(members, nonmembers) == pytest.approx(7 / 9)
+
+
+def test_the_sigmoid_law_is_recovered_from_planted_points():
+    rng = np.random.default_rng(2)
+    x = np.geomspace(1e-3, 0.3, 30)
+    planted = (1.0, -150.0, 0.02)
+    f1 = law_f1(x, *planted) + rng.normal(0, 0.005, len(x))
+    fit = fit_law(x, f1)
+    assert fit.c1 == pytest.approx(planted[0], rel=0.05)
+    assert fit.c2 == pytest.approx(planted[1], rel=0.15)
+    assert fit.c3 == pytest.approx(planted[2], rel=0.1)
+    assert fit.rmse < 0.01
+
+
+def test_paper_law_reproduces_table2_sizes():
+    """Table 2's |D| (reference notes, section 5) for target F1 0.55/0.75/0.95, within 1%."""
+    table2 = {(1_556_075_200, 0.55): 170_654_583, (1_556_075_200, 0.75): 76_795_021,
+              (1_556_075_200, 0.95): 18_851_574, (123_702_528, 0.55): 13_566_442,
+              (123_702_528, 0.75): 6_104_935, (123_702_528, 0.95): 1_498_634}
+    for (n_params, target), sequences in table2.items():
+        assert samples_for_f1(target, n_params, *PAPER_LAW) == pytest.approx(sequences, rel=0.03)
+    assert samples_for_f1(0.999, 1e6, 1.0, -30, 0.03) is None  # beyond the law's range 0.5..1
+
+
+def test_verdicts_name_agreement_or_the_reason():
+    assert verdict(3.3e5, 3.39e5, []).startswith("agrees")
+    off = verdict(2.0e5, 3.39e5, ["the step budget"])
+    assert off.startswith("off: 41% below") and "step budget" in off
+
+
+def test_table1_row_is_matched_by_parameter_count():
+    summary = pd.DataFrame([{"model": "1L d32", "precision": "fp32", "n_params": 80_352, "n_seeds": 2,
+                             "capacity_bits": 3.3e5, "bits_per_param": 3.3e5 / 80_352,
+                             "all_saturated": True, "all_bracketed": True}])
+    row = table1_comparison(summary).iloc[0]
+    assert row["paper_capacity_bits"] == 3.39e5 and row["paper_bits_per_param"] == 4.23
+    assert row["verdict"] == "agrees: within 3%"
