@@ -17,7 +17,7 @@ from memsweep.cell import PER_SAMPLE_FILE
 from memsweep.cli import main
 from memsweep.record import RESULT_FILE, write_json_atomic
 from memsweep.sweep import plan_sweep, write_plan
-from tests.wandb_offline import history_and_summary
+from tests.wandb_offline import history_and_summary, records
 
 GRID = ["experiment=reproduce-quick", "model.d_model=8,16", "data.n_samples=8,32,128", "data.n_heldout=512",
         "trainer.max_steps=200", "trainer.batch_size=32", "trainer.eval_interval=50"]
@@ -79,6 +79,8 @@ def test_report_goes_to_wandb_offline(sweep, tmp_path, monkeypatch):
     assert (media / logged["figure/capacity_curves/path"]).exists()
     report_json = json.loads((tmp_path / "report.json").read_text())
     assert summary["alpha/fp32"] == pytest.approx(report_json["alpha"]["fp32"]["alpha"])
+    run = next(r.run for r in records(run_file) if r.WhichOneof("record_type") == "run")
+    assert (run.run_group, run.job_type) == ("reproduce-quick", "report")  # beside the cells' own runs
 
 
 def test_a_partial_sweep_reports_what_is_missing(sweep, tmp_path):

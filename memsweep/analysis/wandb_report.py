@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from memsweep.analysis.report import Report
+from memsweep.config import CONFIG_FILE
 from memsweep.loggers import wandb_mode
 
 TABLES = ("cells", "capacity_summary", "alpha", "double_descent", "membership_predictions",
@@ -42,15 +44,23 @@ def _series(df: pd.DataFrame, x: str, y: str, title: str, xname: str):
     return wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=title, xname=xname)
 
 
-def publish(report: Report, out_dir: Path, project: str = "memsweep", entity: str | None = None,
-            mode: str = "auto") -> Path:
+def destination(sweep_dir: Path) -> tuple[str, str | None, str]:
+    """(project, entity, group) of the sweep's own cells (their logger config), so the report
+    lands in the same W&B group; memsweep's defaults for a sweep without configs."""
+    for config in sorted(Path(sweep_dir).glob(f"*/{CONFIG_FILE}")):
+        logger = OmegaConf.load(config).get("logger", {})
+        return logger.get("project", "memsweep"), logger.get("entity"), logger.get("group") or Path(sweep_dir).name
+    return "memsweep", None, Path(sweep_dir).name
+
+
+def publish(report: Report, out_dir: Path, mode: str = "auto") -> Path:
     """Log the report to W&B; returns the run's local directory."""
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(project=project, entity=entity, group=report.sweep_dir.name, job_type="report",
-                     name=f"report-{report.sweep_dir.name}", dir=str(out_dir), mode=wandb_mode(mode),
-                     config={"sweep_dir": str(report.sweep_dir)})
+    project, entity, group = destination(report.sweep_dir)
+    run = wandb.init(project=project, entity=entity, group=group, job_type="report", name=f"report-{group}",
+                     dir=str(out_dir), mode=wandb_mode(mode), config={"sweep_dir": str(report.sweep_dir)})
     payload = {f"table/{name}": _table(report.tables[name]) for name in TABLES
                if name in report.tables and not report.tables[name].empty}
     payload.update({f"figure/{name}": wandb.Image(str(path)) for name, path in report.figures.items()})
