@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -206,7 +205,7 @@ def _add_report(commands) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from memsweep.config import ConfigError
-    from memsweep.local_run import run_workers
+    from memsweep.local_run import default_workers, run_workers
     from memsweep.sweep import plan_sweep, write_plan
 
     if any(o.split("=")[0].lstrip("+") == "cluster" and "slurm" in o for o in args.overrides):
@@ -215,9 +214,12 @@ def _run(args: argparse.Namespace) -> int:
         plan = plan_sweep(args.overrides, args.sweep_dir)
     except ConfigError as err:
         return _error(f"config error: {err}\nnothing was written")
+    if args.workers is not None and args.workers < 1:
+        return _error(f"--workers must be at least 1, got {args.workers}")
     write_plan(plan)
-    print(f"{len(plan.cells)} cells in {plan.sweep_dir}, {args.workers} workers")
-    failed_workers = run_workers(plan.sweep_dir, args.workers)
+    workers = args.workers or default_workers()
+    print(f"{len(plan.cells)} cells in {plan.sweep_dir}, {workers} workers")
+    failed_workers = run_workers(plan.sweep_dir, workers)
     if not args.no_report:
         _write_report(plan.sweep_dir, None, args.wandb, args.bootstrap, args.peak_tflops)
     if failed_workers:
@@ -229,8 +231,8 @@ def _add_run(commands) -> None:
     p = commands.add_parser("run", help="plan a grid, run its cells on this machine, write the report")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for memsweep-train -m")
     p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
-    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
-                   help="cells trained at once, each in its own process (default: one per core)")
+    p.add_argument("--workers", type=int, help="cells trained at once, each in its own process "
+                   "(default: one per GPU, or one per CPU core without GPUs)")
     p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
     _report_options(p)
     p.set_defaults(handler=_run)

@@ -108,3 +108,15 @@ def test_report_of_a_missing_dir_and_run_on_slurm_are_refused(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert main(["run", "experiment=smoke", "cluster=slurm"]) == 2
     assert "memsweep submit" in capsys.readouterr().err
+
+
+def test_workers_split_the_cores_and_take_one_gpu_each(monkeypatch):
+    from memsweep.local_run import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert [worker_env(i, 4, ["0", "1", "2", "3"])["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "1", "2", "3"]
+    assert worker_env(0, 4, [])["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in worker_env(0, 4, [])
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert worker_env(0, 4, [])["OMP_NUM_THREADS"] == "2"  # the user's setting wins
