@@ -228,7 +228,6 @@ def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
         "saturated_at_step": monitor.saturated_at_step,
         "device": str(next(model.parameters()).device),
         "device_name": _device_name(next(model.parameters()).device),
-        "flops_per_token": model.flops_per_token(),
         "world_size": trainer.world_size,
         "strategy": type(trainer.strategy).__name__,
         "cell_id": cfg.cell_id,

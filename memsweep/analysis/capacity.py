@@ -94,8 +94,9 @@ def fit_alpha(caps: pd.DataFrame, precision: str, n_boot: int = 2000, seed: int 
     sub = caps[caps["precision"] == precision]
     if sub.empty:
         raise ValueError(f"no capacities for precision {precision!r}")
-    per_model = [g["capacity_bits"].to_numpy(float) for _, g in sub.groupby("model")]
-    p = np.array([g["n_params"].iloc[0] for _, g in sub.groupby("model")], float)
+    groups = [g for _, g in sub.groupby("model")]
+    per_model = [g["capacity_bits"].to_numpy(float) for g in groups]
+    p = np.array([g["n_params"].iloc[0] for g in groups], float)
     alpha, slope, intercept = _fit(p, np.array([c.mean() for c in per_model]))
     n_seeds = min(len(c) for c in per_model)
     alpha_ci = slope_ci = None

@@ -46,7 +46,7 @@ def expected_memorization(n_params: float, dataset_bits: float, alpha: float = A
     return min(alpha * n_params, dataset_bits)
 
 
-def verdict(measured: float, expected: float, lower_bound_reasons: list[str]) -> str:
+def verdict(measured: float, expected: float | None, lower_bound_reasons: list[str]) -> str:
     """Plain words: within x%, or off by x% with the suspected reason."""
     if not expected:
         return "no paper figure"
@@ -78,14 +78,14 @@ def table1_comparison(summary: pd.DataFrame) -> pd.DataFrame:
         paper_cap = float(match[f"capacity_{s['precision']}"].iloc[0]) if len(match) and s["precision"] in ("fp32", "bf16") else None
         paper_alpha = float(match[f"alpha_{s['precision']}"].iloc[0]) if paper_cap else None
         reasons = lower_bound_reasons(bool(s["all_saturated"]), bool(s["all_bracketed"]))
+        mean_alpha = TABLE1_MEAN_ALPHA.get(s["precision"])  # none for bf16-mixed: the paper has no such column
         rows.append({
             "model": s["model"], "precision": s["precision"], "n_params": int(s["n_params"]),
             "n_seeds": int(s["n_seeds"]), "capacity_bits": s["capacity_bits"], "bits_per_param": s["bits_per_param"],
             "paper_capacity_bits": paper_cap, "paper_bits_per_param": paper_alpha,
-            "paper_mean_alpha": TABLE1_MEAN_ALPHA.get(s["precision"]),
+            "paper_mean_alpha": mean_alpha,
             "verdict": verdict(s["capacity_bits"], paper_cap, reasons) if paper_cap else
-            "no Table 1 row; against the Table 1 mean alpha: " + verdict(
-                s["bits_per_param"], TABLE1_MEAN_ALPHA.get(str(s["precision"]).removesuffix("-mixed"), 0), reasons),
+            "no Table 1 row; against the Table 1 mean alpha: " + verdict(s["bits_per_param"], mean_alpha, reasons),
         })
     return pd.DataFrame(rows)
 

@@ -90,7 +90,6 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
                             "largest N measured held the most bits (columns all_saturated, all_bracketed)")
 
     alpha = {p: f.alpha for p, f in fits.items()}
-    report.summary["alpha_used_for_ratios"] = alpha
     report.tables["loss_curves"] = test_loss_curves(cells, alpha)
     points = double_descent_points(cells, alpha, n_boot=min(n_boot, 1000))
     report.tables["double_descent"] = points
@@ -123,16 +122,15 @@ def render_figures(report: Report, out_dir: Path) -> None:
         report.figures[name] = getattr(plots, function)(*args, out_dir / f"{name}.png")
 
 
-def _md_table(df: pd.DataFrame, columns: list[str] | None = None, floatfmt: str = ",.4g") -> str:
+def _md_table(df: pd.DataFrame) -> str:
     if df is None or df.empty:
         return "_none_\n"
-    df = df[columns] if columns else df
 
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and pd.isna(v)):
             return "–"
         if isinstance(v, float):
-            return format(v, floatfmt)
+            return format(v, ",.4g")
         if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
             return format(v, ",")
         if isinstance(v, tuple):
@@ -191,7 +189,7 @@ def markdown(report: Report) -> str:
                 f"c2 = {law['c2']:.4g}, c3 = {law['c3']:.4g} (RMSE {law['rmse']:.3f}); the paper's, fitted on text: "
                 f"1.34, −33.14, 0.034.", ""]
     out += ["Training sequences |D| predicted for a target F1 (the paper's Table 2 sizes):", "",
-            _md_table(t["membership_predictions"], floatfmt=",.4g")]
+            _md_table(t["membership_predictions"])]
     out += ["## Throughput", ""] + fig("throughput", "throughput") + [_md_table(t["throughput_summary"])]
     out += ["## Files", "", "Every table above is a CSV beside this file; `cells.csv` has one row per finished cell "
             "(result.json plus the attack's scores), `report.json` the headline numbers.", ""]
