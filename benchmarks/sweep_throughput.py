@@ -27,6 +27,7 @@ from pathlib import Path
 import submitit
 
 from memsweep.launcher import make_executor, run_cells, submit_cells
+from memsweep.claim import read_claim
 from memsweep.record import read_result
 from memsweep.submit_cli import launch_settings
 from memsweep.sweep import plan_sweep, write_plan
@@ -36,7 +37,8 @@ TRIVIAL = ["experiment=smoke", "data.n_samples=8", "precision=fp32", "trainer.ma
 
 
 def _finished(cell_dir: Path) -> bool:
-    return (read_result(cell_dir) or {}).get("status") in ("done", "failed") and not (cell_dir / "claim.json").exists()
+    claim = read_claim(cell_dir)
+    return (read_result(cell_dir) or {}).get("status") in ("done", "failed") and (claim is None or claim.get("released"))
 
 
 def grid_run(root: Path, per_job: int, params: dict, parallelism: int, timeout: float) -> tuple[float, int]:

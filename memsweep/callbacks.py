@@ -9,13 +9,16 @@ callbacks carry their state in checkpoints, so a resumed cell continues exactly 
 from __future__ import annotations
 
 import csv
+import math
 import time
+from typing import Callable
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 
 from memsweep.checkpoint import save_checkpoint
+from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig
 from memsweep.evaluation import sharded_nll_bits, uniform_memorization
 from memsweep.preemption import PreemptionFlag
@@ -54,8 +57,9 @@ class StepTimer(L.Callback):
 
 class MemorizationMonitor(L.Callback):
     def __init__(self, cfg: CellConfig, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
-                 metrics_path: Path, timer: StepTimer):
+                 metrics_path: Path, timer: StepTimer, fence: Callable[[], None] = lambda: None):
         self.cfg = cfg
+        self.fence = fence
         self.train_tokens, self.heldout_tokens = train_tokens, heldout_tokens
         self.metrics_path = metrics_path
         self.timer = timer
@@ -95,9 +99,15 @@ class MemorizationMonitor(L.Callback):
         }
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        check_training_loss(trainer, pl_module)
         row = self._evaluate(trainer, pl_module)
+        bad = [k for k, v in row.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteError(f"non-finite {', '.join(bad)} at step {row['step']} "
+                                 f"(memorized bits {row['memorized_bits']}, train loss {row['train_loss']})")
         self.last, self.last_eval_step = row, trainer.global_step
         if trainer.is_global_zero:
+            self.fence()
             new_file = not self.metrics_path.exists()
             with self.metrics_path.open("a", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(row))
@@ -149,26 +159,46 @@ class MemorizationMonitor(L.Callback):
         self.last, self.last_eval_step = dict(state["last"]), state["last_eval_step"]
 
 
+class NonFiniteError(FloatingPointError):
+    """The loss or a measured metric became NaN or infinite: the cell fails, naming the step."""
+
+
+def check_training_loss(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Raise NonFiniteError if any training step so far had a non-finite loss (on any rank)."""
+    step = pl_module.first_nonfinite_step()
+    if trainer.strategy.reduce_boolean_decision(step is not None, all=False):
+        raise NonFiniteError(f"non-finite training loss at step {step if step is not None else '?'} "
+                             f"(on rank {trainer.global_rank if step is not None else 'other'})")
+
+
 class Checkpointer(L.Callback):
     """Checkpoints every `every_steps` steps or `every_minutes` minutes, and at the first step
-    boundary after a preemption signal, after which it stops training (`preempted` is then True).
-    The decision is reduced over ranks, so all ranks checkpoint and stop together."""
+    boundary after a stop request, after which it stops training (`stop_cause` says why): a signal
+    (SIGTERM/SIGINT: interrupted; USR1/USR2: preempted), or a claim this process can no longer
+    renew. A claim taken over by another process stops training at once with ClaimLost and no
+    checkpoint. The decisions are reduced over ranks, so all ranks checkpoint and stop together."""
 
-    def __init__(self, run_dir: Path, flag: PreemptionFlag, every_steps: int, every_minutes: float, keep: int):
-        self.run_dir, self.flag = run_dir, flag
+    def __init__(self, run_dir: Path, flag: PreemptionFlag, claim, every_steps: int, every_minutes: float,
+                 keep: int):
+        self.run_dir, self.flag, self.claim = run_dir, flag, claim
         self.every_steps, self.every_seconds, self.keep = every_steps, every_minutes * 60, keep
-        self.preempted = False
+        self.stop_cause: str | None = None
         self._last_save = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         due = bool(self.every_steps and step % self.every_steps == 0) or (
             self.every_seconds > 0 and time.monotonic() - self._last_save >= self.every_seconds)
-        if not trainer.strategy.reduce_boolean_decision(due or self.flag.requested, all=False):
-            return  # one collective per step in the common case; the second only when saving
-        preempt = trainer.strategy.reduce_boolean_decision(self.flag.requested, all=False)
-        save_checkpoint(trainer, self.run_dir, keep=self.keep)
+        stop = self.flag.requested or self.claim.must_stop
+        if not trainer.strategy.reduce_boolean_decision(due or stop, all=False):
+            return  # one collective per step in the common case; the others only when saving
+        if trainer.strategy.reduce_boolean_decision(self.claim.lost, all=False):
+            raise ClaimLost(f"{self.run_dir}: the claim was taken over by another process at step {step}")
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        check_training_loss(trainer, pl_module)  # a NaN model is never checkpointed
+        save_checkpoint(trainer, self.run_dir, keep=self.keep, fence=self.claim.check)
         self._last_save = time.monotonic()
-        if preempt:
-            self.preempted = True
+        if stop:
+            self.stop_cause = (f"signal {self.flag.signal_name}" if self.flag.requested
+                               else "claim could not be renewed")
             trainer.should_stop = True

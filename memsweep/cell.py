@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import platform
+import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -20,14 +21,17 @@ from torch.utils.data import DataLoader
 
 from memsweep.callbacks import Checkpointer, MemorizationMonitor, StepTimer
 from memsweep.checkpoint import newest_valid_checkpoint, step_of
-from memsweep.claim import CellClaim
+from memsweep.checkpoint import clean_partials
+from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.data import HELDOUT_BRANCH, ShuffledBatches, TokenRows, random_tokens
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
 from memsweep.preemption import PreemptionFlag, requeue_slurm_job, slurm_job_id
-from memsweep.record import RESULT_FILE, read_result, versions, write_json_atomic
+from memsweep.preflight import check_resources
+from memsweep.record import RESULT_FILE, clean_temp_files, read_result, versions, write_json_atomic
+from memsweep.reserve import SpaceReserve, is_disk_full
 from memsweep.runtime import keep_large_allocations_in_heap
 from memsweep.strategy import trainer_kwargs
 
@@ -71,14 +75,18 @@ def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
     previous = read_result(cell_dir)
     if previous is not None and previous.get("status") == "done":
         return previous
-    claim = CellClaim(cell_dir) if _is_global_zero() else None  # rank 0 claims for the whole launch
-    if claim is not None and not claim.acquire():
-        return {"status": "claimed", "cell_id": cfg.cell_id}
-    try:
-        record = run_cell(cfg, cell_dir)
-    finally:
-        if claim is not None:
-            claim.release()
+    # Rank 0 claims for the whole launch; the others learn of a lost claim through the
+    # checkpointer's collective stop decision.
+    claim = CellClaim(cell_dir, cfg.trainer.lease_seconds) if _is_global_zero() else NoClaim()
+    with PreemptionFlag():  # a signal during set-up is kept for the cell's first step
+        if isinstance(claim, CellClaim) and not claim.acquire():
+            return {"status": "claimed", "cell_id": cfg.cell_id}
+        record: dict[str, Any] = {"status": "unknown"}
+        try:
+            record = run_cell(cfg, cell_dir, claim)
+        finally:
+            if isinstance(claim, CellClaim):
+                claim.release(final_status=record.get("status"))
     if record["status"] == "preempted" and record["requeue"] and slurm_job_id() is not None:
         if _is_global_zero():
             requeue_slurm_job()
@@ -86,13 +94,16 @@ def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
     return record
 
 
-def run_cell(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
+def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None = None) -> dict[str, Any]:
     """Train one cell to saturation in `run_dir` and return its record (also in result.json).
 
     A run dir whose result.json says `done` is left untouched and its record returned: relaunching
     a finished cell is a no-op and can never overwrite a finished result. Otherwise training starts
-    from the newest valid checkpoint in the run dir, if any.
+    from the newest valid checkpoint in the run dir, if any. Every write of the cell's files is
+    fenced by `claim`: once another process has taken the cell over, this one stops and writes
+    nothing more (the returned status is then `claim-lost`).
     """
+    claim = claim or NoClaim()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_result(run_dir)
@@ -100,18 +111,46 @@ def run_cell(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
         print(f"memsweep: cell {cfg.cell_id} is already done in {run_dir}; nothing to do")
         return previous
     base = {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
-    write_record = (lambda record: write_json_atomic(run_dir / RESULT_FILE, record)) if _is_global_zero() \
-        else (lambda record: None)
-    write_record(base)
+    lead = _is_global_zero()
+    reserve = SpaceReserve(run_dir)
+
+    def write_record(record: dict[str, Any]) -> None:
+        if lead:
+            claim.check()
+            write_json_atomic(run_dir / RESULT_FILE, record)
+
     started = time.perf_counter()
     try:
-        record = _train(cfg, run_dir)
+        if lead:
+            claim.check()
+            clean_temp_files(run_dir)
+            clean_partials(run_dir)
+            reserve.hold()
+        write_record(base)
+        check_resources(cfg, run_dir)
+        record = {**base, **_train(cfg, run_dir, claim)}
+    except ClaimLost as lost:
+        print(f"memsweep: {lost}", file=sys.stderr)
+        return {"status": "claim-lost", "cell_id": cfg.cell_id}
     except BaseException as err:
-        write_record({**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                      "traceback": traceback.format_exc(), "wall_seconds": time.perf_counter() - started})
+        reserve.free()
+        if lead:
+            clean_partials(run_dir)  # a half-written checkpoint is the likeliest space to win back
+        cause = "disk full: " if is_disk_full(err) else ""
+        failed = {**base, "status": "failed", "error": f"{cause}{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc(), "wall_seconds": time.perf_counter() - started}
+        try:
+            write_record(failed)
+        except BaseException as write_err:  # the original error matters more; say both
+            print(f"memsweep: could not record the failure of {cfg.cell_id} in {run_dir}: "
+                  f"{type(write_err).__name__}: {write_err}", file=sys.stderr)
         raise
-    record = {**base, **record}
-    write_record(record)
+    reserve.free()
+    try:
+        write_record(record)
+    except ClaimLost as lost:
+        print(f"memsweep: {lost}", file=sys.stderr)
+        return {"status": "claim-lost", "cell_id": cfg.cell_id}
     return record
 
 
@@ -154,7 +193,7 @@ def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: l
     )
 
 
-def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
+def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[str, Any]:
     data, trainer_cfg = cfg.data, cfg.trainer
     train_tokens = random_tokens(data.n_samples, data.seq_len, data.vocab_size, data.seed,
                                  memmap_path=run_dir / f"train_tokens.rank{rank_zero_only.rank}.npy")
@@ -168,32 +207,35 @@ def _train(cfg: CellConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = MemorizationModule(gpt_config(cfg, device), trainer_cfg)
     timer = StepTimer()
-    monitor = MemorizationMonitor(cfg, train_tokens, heldout_tokens, run_dir / METRICS_FILE, timer)
+    monitor = MemorizationMonitor(cfg, train_tokens, heldout_tokens, run_dir / METRICS_FILE, timer, claim.check)
     logger = build_logger(cfg, run_dir)
     with PreemptionFlag() as flag:
-        checkpointer = Checkpointer(run_dir, flag, trainer_cfg.checkpoint_every_steps,
+        checkpointer = Checkpointer(run_dir, flag, claim, trainer_cfg.checkpoint_interval,
                                     trainer_cfg.checkpoint_every_minutes, trainer_cfg.keep_checkpoints)
         trainer = _trainer(cfg, module.model.n_params, run_dir, logger, [timer, monitor, checkpointer])
         sampler = ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
                                   rank=trainer.global_rank, world_size=trainer.world_size)
         loader = DataLoader(TokenRows(train_tokens), batch_size=None, sampler=sampler)
         try:
-            trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint)
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint, weights_only=True)
         except SIGTERMException:  # Lightning re-raises the SIGTERM that the checkpointer already handled
-            if not checkpointer.preempted:
+            if checkpointer.stop_cause is None:
                 raise
 
     model = module.model
     steps = trainer.global_step
     tokens_seen = steps * trainer_cfg.batch_size * data.seq_len
-    common = {"status": "preempted" if checkpointer.preempted else "done", "steps": steps,
+    stopped = checkpointer.stop_cause is not None
+    requeue = stopped and flag.wants_requeue and not claim.must_stop
+    common = {"status": ("preempted" if requeue else "interrupted") if stopped else "done", "steps": steps,
               "tokens_seen": tokens_seen, "train_seconds": timer.train_seconds,
               "wall_seconds": timer.wall_seconds, "resumed_from_step": start_step or None,
-              "signal": flag.signal_name, "requeue": flag.wants_requeue}
-    if checkpointer.preempted:
+              "signal": flag.signal_name, "requeue": requeue, "stop_cause": checkpointer.stop_cause}
+    if stopped:
         close_logger(logger, None)
         return common
     if trainer.is_global_zero:
+        claim.check()
         np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits)
     final = monitor.last
     n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)

@@ -2,7 +2,7 @@
 
     memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost; writes the plan
     memsweep submit experiment=capacity cluster=slurm resources=gpu-1   # queue SLURM arrays, exit
-    memsweep status runs/sweeps/capacity [--json]     # done / failed / running / stale / preempted / pending
+    memsweep status runs/sweeps/capacity [--json]     # each cell: done, failed, running, stale, corrupt, ...
     memsweep collect runs/sweeps/capacity --out results.parquet
     memsweep sync runs/sweeps/capacity                # upload the cells' offline W&B runs
     memsweep run experiment=reproduce-small --workers 2   # plan, run here, report
@@ -31,6 +31,21 @@ bf16. Small models reach far less; pass --flops-per-second with a measured figur
 def _error(message: str) -> int:
     print(f"memsweep: {message}", file=sys.stderr)
     return 2
+
+
+def _one_line(err: Exception) -> str:
+    """A SweepDirError's message (one line already), or an OSError's path and reason."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
+def _write_failed(out: Path, err: OSError, default_out: bool) -> str:
+    """One line for an output that cannot be written; the default one is inside the sweep dir,
+    which may be someone else's or read-only."""
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
+    hint = "; is the sweep dir read-only? pass --out to write elsewhere" if default_out else ""
+    return f"cannot write {out}: {err.strerror or err}{where}{hint}"
 
 
 def _check_slurm_allocation(plan, overrides: list[str]) -> None:
@@ -87,11 +102,12 @@ def _add_plan(commands) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from memsweep.sweepstate import counts, sweep_states
+    from memsweep.sweepstate import SweepDirError, counts, sweep_states
 
-    if not args.sweep_dir.is_dir():
-        return _error(f"{args.sweep_dir} is not a directory")
-    states = sweep_states(args.sweep_dir)
+    try:
+        states = sweep_states(args.sweep_dir)
+    except (SweepDirError, OSError) as err:
+        return _error(_one_line(err))
     totals = counts(states)
     if args.json:
         print(json.dumps({"sweep_dir": str(args.sweep_dir.resolve()), "counts": totals, "cells": [
@@ -99,8 +115,8 @@ def _status(args: argparse.Namespace) -> int:
             for c in states]}, indent=2))
         return 0
     for c in states:
-        print(f"{c.cell_id:12}  {c.state:9}  {' '.join(c.overrides):50}  {c.detail}".rstrip())
-    summary = ", ".join(f"{n} {s}" for s, n in totals.items() if n or s != "corrupt")
+        print(f"{c.cell_id:12}  {c.state:11}  {' '.join(c.overrides):50}  {c.detail}".rstrip())
+    summary = ", ".join(f"{n} {s}" for s, n in totals.items() if n)
     print(f"{len(states)} cells: {summary}")
     return 0
 
@@ -113,16 +129,19 @@ def _add_status(commands) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from memsweep.sweepstate import result_row, sweep_states, write_table
+    from memsweep.sweepstate import SweepDirError, result_row, sweep_states, write_table
 
-    if not args.sweep_dir.is_dir():
-        return _error(f"{args.sweep_dir} is not a directory")
+    try:
+        rows = [result_row(c) for c in sweep_states(args.sweep_dir)]
+    except (SweepDirError, OSError) as err:
+        return _error(_one_line(err))
     out = args.out or args.sweep_dir / "results.csv"
-    rows = [result_row(c) for c in sweep_states(args.sweep_dir)]
     try:
         write_table(rows, out)
     except RuntimeError as err:
         return _error(str(err))
+    except OSError as err:
+        return _error(_write_failed(out, err, args.out is None))
     print(f"wrote {len(rows)} rows to {out}")
     return 0
 
@@ -167,10 +186,17 @@ def _add_sync(commands) -> None:
 
 def _write_report(sweep_dir: Path, out: Path | None, wandb: str, bootstrap: int, peak_tflops: float | None) -> int:
     from memsweep.analysis.report import REPORT_DIR, build_report, write_report
+    from memsweep.sweepstate import SweepDirError
 
-    report = build_report(sweep_dir, n_boot=bootstrap, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
-    out = out or sweep_dir / REPORT_DIR
-    path = write_report(report, out)
+    try:
+        report = build_report(sweep_dir, n_boot=bootstrap, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+    except (SweepDirError, OSError) as err:
+        return _error(_one_line(err))
+    target = out or sweep_dir / REPORT_DIR
+    try:
+        path = write_report(report, target)
+    except OSError as err:
+        return _error(_write_failed(target, err, out is None))
     for precision, fit in report.summary.get("alpha", {}).items():
         ci = f" (95% CI {fit['alpha_ci'][0]:.2f}-{fit['alpha_ci'][1]:.2f})" if fit["alpha_ci"] else ""
         print(f"alpha {precision}: {fit['alpha']:.2f} bits/param{ci}, {fit['n_models']} models")
@@ -178,13 +204,11 @@ def _write_report(sweep_dir: Path, out: Path | None, wandb: str, bootstrap: int,
     if wandb != "off":
         from memsweep.analysis.wandb_report import publish
 
-        print(f"W&B run: {publish(report, out, mode=wandb)}")
+        print(f"W&B run: {publish(report, target, mode=wandb)}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    if not args.sweep_dir.is_dir():
-        return _error(f"{args.sweep_dir} is not a directory")
     return _write_report(args.sweep_dir, args.out, args.wandb, args.bootstrap, args.peak_tflops)
 
 
@@ -206,7 +230,9 @@ def _add_report(commands) -> None:
 def _run(args: argparse.Namespace) -> int:
     from memsweep.config import ConfigError
     from memsweep.local_run import default_workers, run_workers
+    from memsweep.preemption import EXIT_RESUMABLE
     from memsweep.sweep import plan_sweep, write_plan
+    from memsweep.sweepstate import counts, sweep_states
 
     if any(o.split("=")[0].lstrip("+") == "cluster" and "slurm" in o for o in args.overrides):
         return _error("memsweep run trains on this machine; queue a SLURM grid with `memsweep submit`")
@@ -219,11 +245,21 @@ def _run(args: argparse.Namespace) -> int:
     write_plan(plan)
     workers = args.workers or default_workers()
     print(f"{len(plan.cells)} cells in {plan.sweep_dir}, {workers} workers")
-    failed_workers = run_workers(plan.sweep_dir, workers)
-    if not args.no_report:
-        _write_report(plan.sweep_dir, None, args.wandb, args.bootstrap, args.peak_tflops)
-    if failed_workers:
-        return _error(f"some cells failed: `memsweep status {plan.sweep_dir}` names them")
+    stopped_by = run_workers(plan.sweep_dir, workers)
+    totals = counts(sweep_states(plan.sweep_dir))
+    left = sum(totals[s] for s in ("pending", "stale", "interrupted", "preempted", "running"))
+    if stopped_by is not None:
+        print(f"memsweep: {stopped_by}: stopped; {totals['done']} cells done, {left} left (running cells "
+              f"checkpointed); rerun the same command to resume", file=sys.stderr)
+        return EXIT_RESUMABLE
+    if not args.no_report and _write_report(plan.sweep_dir, None, args.wandb, args.bootstrap, args.peak_tflops):
+        return 2  # the report's error is already printed; the cells' results are all on disk
+    if totals["failed"] or totals["corrupt"]:
+        return _error(f"{totals['failed']} cells failed, {totals['corrupt']} corrupt: "
+                      f"`memsweep status {plan.sweep_dir}` names them")
+    if left:
+        print(f"memsweep: {left} cells not finished; rerun the same command to resume them", file=sys.stderr)
+        return EXIT_RESUMABLE
     return 0
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,11 @@ result is about. `bf16-mixed` keeps fp32 master weights and computes in bf16."""
 ATTENTION = ("auto", "math", "sdpa")
 SCHEDULES = ("constant", "cosine")
 LOGGERS = ("csv", "wandb", "none")
+SEED_RANGE = (0, 2**32 - 1)
+"""Seeds numpy and torch both accept (Lightning's seed_everything refuses anything else)."""
+CHECKPOINTS_PER_CELL = 50
+"""With checkpoint_every_steps unset, a cell checkpoints every max_steps / 50 steps, so a crash
+loses at most 2% of the cell's step budget (plus the time-based checkpoints in between)."""
 
 
 class ConfigError(ValueError):
@@ -85,11 +93,16 @@ class TrainerConfig:
     eval_interval: int = 100
     """Steps between full evaluations of the training and held-out sets."""
     eval_batch_size: int = 1024
-    checkpoint_every_steps: int = 0
-    """Checkpoint every this many steps (0: by time only)."""
+    checkpoint_every_steps: int | None = None
+    """Checkpoint every this many steps; null: max_steps / CHECKPOINTS_PER_CELL (at most 2% of
+    the cell's steps lost to a crash); 0: by time only."""
     checkpoint_every_minutes: float = 15.0
     """Checkpoint at least this often (0: never by time); preemption always checkpoints."""
     keep_checkpoints: int = 2
+    lease_seconds: float = 300.0
+    """The cell's claim lease: another process may take the cell over once the holder's heartbeat
+    (every lease/4) is older than this. Longer tolerates slower filesystems, shorter recovers a
+    dead holder on another node sooner (on this host a dead process is seen at once)."""
     accelerator: str = "auto"
     devices: int = 1
     """Devices per node; under SLURM it must equal --ntasks-per-node (one task per device)."""
@@ -101,6 +114,13 @@ class TrainerConfig:
     deepspeed_stage: int | None = None
     """ZeRO stage 1, 2 or 3 with strategy=deepspeed; null picks the lowest stage that fits."""
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints (0: none by step count)."""
+        if self.checkpoint_every_steps is None:
+            return max(1, math.ceil(self.max_steps / CHECKPOINTS_PER_CELL))
+        return self.checkpoint_every_steps
 
 
 @dataclass
@@ -128,6 +148,10 @@ class CellConfig:
 
     def validate(self) -> "CellConfig":
         m, d, t, s = self.model, self.data, self.trainer, self.trainer.saturation
+        _finite(self)
+        for key, value in (("seed", self.seed), ("data.seed", d.seed)):
+            _require(SEED_RANGE[0] <= value <= SEED_RANGE[1], key,
+                     f"must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {value}")
         _positive(self, "model.n_layer", "model.d_model", "model.n_head", "data.vocab_size", "data.seq_len",
                   "data.n_samples", "data.n_heldout", "trainer.max_steps", "trainer.batch_size",
                   "trainer.eval_interval", "trainer.eval_batch_size", "trainer.devices",
@@ -145,8 +169,9 @@ class CellConfig:
         _require(t.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
         _require(t.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {t.weight_decay}")
         _require(t.grad_clip >= 0, "trainer.grad_clip", f"must be >= 0, got {t.grad_clip}")
-        _require(t.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps",
-                 f"must be >= 0, got {t.checkpoint_every_steps}")
+        _require(t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps",
+                 f"must be >= 0 or null, got {t.checkpoint_every_steps}")
+        _require(t.lease_seconds >= 4, "trainer.lease_seconds", f"must be >= 4 (heartbeat every lease/4), got {t.lease_seconds}")
         _require(t.checkpoint_every_minutes >= 0, "trainer.checkpoint_every_minutes",
                  f"must be >= 0, got {t.checkpoint_every_minutes}")
         _require(s.tolerance >= 0, "trainer.saturation.tolerance", f"must be >= 0, got {s.tolerance}")
@@ -163,7 +188,8 @@ class CellConfig:
         del relevant["logger"]
         for key in ("accelerator", "devices", "num_nodes", "strategy", "deepspeed_stage"):
             del relevant["trainer"][key]  # where it trains: the global batch, hence the run, is the same
-        for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints"):
+        for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
+                    "lease_seconds"):
             del relevant["trainer"][key]
         del relevant["model"]["attention"]
         return relevant
@@ -185,6 +211,16 @@ def _field(cfg: CellConfig, key: str) -> Any:
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _finite(node: Any, prefix: str = "") -> None:
+    """Every float in the config is finite: `trainer.lr=inf` would train NaNs to the end."""
+    for f in fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            _finite(value, key + ".")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), key, f"must be a finite number, got {value}")
 
 
 def _positive(cfg: CellConfig, *keys: str) -> None:
@@ -219,10 +255,18 @@ CONFIG_FILE = "config.yaml"
 
 def save_cell_config(cfg: CellConfig, path: Path) -> None:
     """Write a cell's full resolved config as YAML (what a queued job reads back)."""
+    from memsweep.record import shared_file_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    OmegaConf.save(OmegaConf.structured(cfg), tmp)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # one per writer
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        os.chmod(tmp, shared_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_cell_config(path: Path) -> CellConfig:

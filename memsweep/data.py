@@ -10,6 +10,7 @@ from the same distribution that never overlap the training stream.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -17,14 +18,25 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from memsweep.storage import MEMMAP_BYTES, token_bytes, token_dtype
+
 BLOCK_ROWS = 4096
 TRAIN_BRANCH, HELDOUT_BRANCH = 0, 1
-MEMMAP_BYTES = 1 << 30
-"""Datasets larger than this are generated into a .npy memory map in the run dir."""
 
 
-def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+def _allocated_memmap(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
+    """A .npy memory map whose blocks are allocated now: a sparse file would die of SIGBUS when
+    the disk fills while it is written; allocating up front turns that into a clear OSError."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as err:
+            del out
+            path.unlink(missing_ok=True)
+            raise OSError(err.errno, f"cannot allocate the {shape[0]:,}-row token memory map {path}: "
+                          f"{err.strerror}") from None
+    return out
 
 
 def random_tokens(
@@ -36,10 +48,10 @@ def random_tokens(
     memmap_path: Path | None = None,
 ) -> np.ndarray:
     """(n_rows, seq_len) tokens i.i.d. uniform over [0, vocab_size)."""
-    dtype = _token_dtype(vocab_size)
+    dtype = token_dtype(vocab_size)
     shape = (n_rows, seq_len)
-    if memmap_path is not None and n_rows * seq_len * dtype.itemsize > MEMMAP_BYTES:
-        out = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=dtype, shape=shape)
+    if memmap_path is not None and token_bytes(n_rows, seq_len, vocab_size) > MEMMAP_BYTES:
+        out = _allocated_memmap(Path(memmap_path), dtype, shape)
     else:
         out = np.empty(shape, dtype=dtype)
     for block_start in range(0, n_rows, BLOCK_ROWS):

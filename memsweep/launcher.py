@@ -30,7 +30,8 @@ from typing import Any
 
 import submitit
 
-from memsweep.preemption import PreemptionFlag, requeue_slurm_job
+from memsweep.config import ConfigError
+from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
 from memsweep.record import read_result, write_json_atomic
 
 SLURM_FILE = "slurm.json"
@@ -73,8 +74,9 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
                 traceback.print_exc()
             else:
                 outcomes[cell_dir] = record["status"]
-                if record["status"] == "preempted":  # checkpointed and stopped, not requeued
-                    _interrupted(record.get("signal"), record.get("requeue", False), cell_dirs, outcomes)
+                if record["status"] in ("preempted", "interrupted"):  # checkpointed and stopped, not requeued
+                    _interrupted(record.get("signal") or record.get("stop_cause"), record.get("requeue", False),
+                                 cell_dirs, outcomes)
             print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
     if failed:
         raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
@@ -84,11 +86,13 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
 
 def _interrupted(signal_name: str | None, requeue: bool, cell_dirs: list[str], outcomes: dict[str, str]) -> None:
     """Stop the job after a signal: requeue it first if the signal asked for that."""
-    left = [d for d in cell_dirs if d not in outcomes or outcomes[d] == "preempted"]
+    left = [d for d in cell_dirs if d not in outcomes or outcomes[d] in ("preempted", "interrupted")]
     requeued = requeue and requeue_slurm_job()
     print(f"memsweep: {signal_name}: {'requeued the job' if requeued else 'stopping'}; "
           f"{len(left)} cell(s) left: {' '.join(left)}", flush=True)
-    raise SystemExit(-1)  # no result file: a requeued job carries on, a cancelled one ends
+    # No result file: a requeued job carries on, a cancelled one ends; locally the exit code says
+    # "resumable" (memsweep run tells it from a failure).
+    raise SystemExit(-1 if requeued else EXIT_RESUMABLE)
 
 
 def read_max_array_size() -> int:
@@ -132,19 +136,55 @@ def array_plan(n_jobs: int, max_array_size: int, array_parallelism: int) -> list
     return plan
 
 
+PARAM_SOURCES = {"env": "hydra.job.env_set", "python": "cluster.python", "srun_args": "cluster.srun_args"}
+"""Where launch_settings takes make_executor's parameters from (the rest: hydra.launcher.<key>)."""
+
+
+def _check_script_safe(name: str, value: Any) -> None:
+    """submitit writes parameter values into the sbatch script line by line, so a newline, carriage
+    return or NUL anywhere in one (a list item, a dict key) would add lines of its own."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_script_safe(name, key)
+            _check_script_safe(f"{name}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_script_safe(f"{name}[{i}]", item)
+    elif isinstance(value, str) and any(c in value for c in "\n\r\0"):
+        raise ConfigError(f"{name}: {value!r} holds a newline or NUL, which would add lines to the sbatch script")
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """Refuse what could change the sbatch script beyond the option it sets (see _check_script_safe)."""
+    for key, value in params.items():
+        _check_script_safe(PARAM_SOURCES.get(key, f"hydra.launcher.{key}"), value)
+    for key in params.get("env") or {}:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+            raise ConfigError(f"hydra.job.env_set: {key!r} is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    for key in params.get("additional_parameters") or {}:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", str(key)):
+            raise ConfigError(f"hydra.launcher.additional_parameters: {key!r} is not an sbatch option name "
+                              "([a-z][a-z0-9_-]*)")
+
+
 def make_executor(folder: Path, params: dict[str, Any]) -> submitit.AutoExecutor:
     """A SLURM executor from hydra-submitit-launcher style parameters (the composed
     `hydra.launcher` node), mapped the way that launcher maps them, plus `python` (the command
     that runs Python, e.g. a container entry), `srun_args` and `env` (exported in the sbatch
-    script before srun). Unknown keys are refused by submitit, naming the valid ones."""
+    script before srun). Raises ConfigError, naming the key, for a value that would inject lines
+    into the sbatch script and for keys submitit does not know."""
     params = {k: v for k, v in params.items() if k not in IGNORED_PARAMS and v is not None}
+    _check_params(params)
     env = params.pop("env", None) or {}
     init = {f"slurm_{k}": params.pop(k) for k in INIT_PARAMS & set(params)}
     if env:
         exports = [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
         params["setup"] = [*exports, *(params.get("setup") or [])]
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **init)
-    executor.update_parameters(**{k if k in BASE_PARAMS else f"slurm_{k}": v for k, v in params.items()})
+    try:
+        executor.update_parameters(**{k if k in BASE_PARAMS else f"slurm_{k}": v for k, v in params.items()})
+    except NameError as err:  # submitit's refusal of an unknown key, naming the valid ones
+        raise ConfigError(f"hydra.launcher: {str(err).splitlines()[0]}") from None
     return executor
 
 
@@ -173,11 +213,12 @@ def active_jobs() -> set[str]:
 
 
 def slurm_record(cell_dir: Path) -> dict[str, Any] | None:
-    """A cell's slurm.json, or None (none yet, or unreadable)."""
+    """A cell's slurm.json, or None (none yet, unreadable, or not a JSON object)."""
     try:
-        return json.loads((Path(cell_dir) / SLURM_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads((Path(cell_dir) / SLURM_FILE).read_text())
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def is_queued(cell_dir: Path, active: set[str]) -> bool:

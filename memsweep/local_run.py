@@ -5,7 +5,8 @@ use a CPU core far better one per process than all cores per cell. Each worker w
 plan in order and runs every cell through memsweep.launcher.run_cells, the same job function a
 SLURM array runs: a cell's claim (memsweep.claim) makes the workers share out the cells with no
 coordinator, a finished cell is skipped, and a killed run resumes from the cells' checkpoints
-when started again. Threads are split evenly (OMP_NUM_THREADS = cores // K, unless set); on a
+when started again. A worker keeps going until no cell is left that it could claim or that a
+live worker trains, so the cell of a worker that was killed is taken over by the others. Threads are split evenly (OMP_NUM_THREADS = cores // K, unless set); on a
 GPU machine worker i sees only GPU i mod (number of GPUs), so K = number of GPUs puts one cell on
 each (untested here: no GPU).
 """
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from memsweep.sweep import read_plan
@@ -49,31 +51,86 @@ def worker_env(index: int, workers: int, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def run_workers(sweep_dir: Path, workers: int) -> int:
-    """Start the workers, wait for all; returns how many ended with failed cells. Ctrl-C sends
-    them SIGTERM, on which each running cell checkpoints and stops."""
+RESUMABLE_STATES = ("pending", "stale", "interrupted", "preempted")
+"""States a worker (re)claims: never started, holder died, or stopped with a checkpoint."""
+POLL_SECONDS = 2.0
+MAX_ROUNDS = 3
+"""Rounds of workers `memsweep run` starts while workers die (killed) with cells left to run."""
+
+
+def _open_cells(cell_dirs: list[str]) -> tuple[list[str], list[str]]:
+    """(cells a worker can claim now, cells a live worker is training)."""
+    from memsweep.sweepstate import cell_state
+
+    states = {d: cell_state(Path(d)).state for d in cell_dirs}
+    return ([d for d, s in states.items() if s in RESUMABLE_STATES],
+            [d for d, s in states.items() if s == "running"])
+
+
+class _Forwarder:
+    """While workers run, SIGINT/SIGTERM to `memsweep run` are passed on to them as SIGTERM (each
+    running cell checkpoints and stops) instead of killing the parent mid-wait."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs, self.signal_name, self._previous = procs, None, {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    def __enter__(self) -> "_Forwarder":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_workers(sweep_dir: Path, workers: int) -> str | None:
+    """Start the workers and wait for all; start another round if workers were killed and cells
+    are left (at most MAX_ROUNDS). Returns the name of the signal that stopped the run, if any."""
     gpus = visible_gpus()
-    procs = [subprocess.Popen([sys.executable, "-m", "memsweep.local_run", str(sweep_dir)],
-                              env=worker_env(i, workers, gpus)) for i in range(workers)]
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        codes = [p.wait() for p in procs]
-        raise
-    return sum(code != 0 for code in codes)
+    cell_dirs = plan_cell_dirs(sweep_dir)
+    for _ in range(MAX_ROUNDS):
+        procs = [subprocess.Popen([sys.executable, "-m", "memsweep.local_run", str(sweep_dir)],
+                                  env=worker_env(i, workers, gpus)) for i in range(workers)]
+        with _Forwarder(procs) as forwarder:
+            codes = [p.wait() for p in procs]
+        if forwarder.signal_name is not None:
+            return forwarder.signal_name
+        killed = [c for c in codes if c < 0]
+        if not killed or not any(_open_cells(cell_dirs)):
+            return None
+        print(f"memsweep: {len(killed)} worker(s) killed ({', '.join(signal.Signals(-c).name for c in killed)}); "
+              "starting the workers again for the cells left", file=sys.stderr)
+    return None
 
 
 def main() -> int:
+    """A worker: pass over the plan until no cell is left that this worker could claim or that a
+    live worker is training (a worker that was killed leaves its cell to the survivors)."""
     from memsweep.launcher import CellsFailed, run_cells
 
-    try:
-        run_cells(plan_cell_dirs(Path(sys.argv[1])))
-    except CellsFailed as err:
-        print(f"memsweep: {err}", file=sys.stderr)
-        return 1
-    return 0
+    cell_dirs = plan_cell_dirs(Path(sys.argv[1]))
+    failed = False
+    claimable = cell_dirs
+    while True:
+        try:
+            run_cells(claimable)
+        except CellsFailed as err:
+            print(f"memsweep: {err}", file=sys.stderr)
+            failed = True
+        tried, (claimable, running) = claimable, _open_cells(cell_dirs)
+        if not claimable and not running:
+            return 1 if failed else 0
+        if claimable == tried and not running:
+            return 1  # these cells cannot be started (e.g. a missing config.yaml); status names them
+        if not claimable or claimable == tried:
+            time.sleep(POLL_SECONDS)
+            claimable, _ = _open_cells(cell_dirs)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ class MemorizationModule(L.LightningModule):
         self.model = GPT(gpt_config)
         self.trainer_config = trainer_config
         self.lr_schedule = LRSchedule(trainer_config)
+        self._first_nonfinite: torch.Tensor | None = None
+        """The first step whose loss was not finite (-1: none yet), kept on the device so that
+        checking costs no synchronisation per step; read at evaluations and checkpoints."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -24,8 +27,19 @@ class MemorizationModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch)
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch.flatten())
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite < 0)
+        self._first_nonfinite = torch.where(bad, self.global_step + 1, self._first_nonfinite)
         self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
         return loss
+
+    def first_nonfinite_step(self) -> int | None:
+        """The first training step (1-based, as checkpoints count) with a non-finite loss."""
+        if self._first_nonfinite is None:
+            return None
+        step = int(self._first_nonfinite.item())
+        return step if step >= 0 else None
 
     def configure_optimizers(self):
         cfg = self.trainer_config

@@ -5,7 +5,8 @@ a signal handler interrupts the training step at an arbitrary point (Lightning #
 handler records the request and the training loop checkpoints at the next step boundary, then
 asks SLURM to requeue the job and exits. Lightning's own SLURM auto-requeue is switched off and
 submitit's USR2 handler is replaced while a cell trains, so exactly one component acts.
-SIGTERM (`scancel`, `kill`) also checkpoints and stops, but never requeues: it means stop.
+SIGTERM (`scancel`, `kill`) and SIGINT (Ctrl-C) also checkpoint and stop, but never requeue:
+they mean stop, and the cell ends `interrupted` (resumable) instead of `preempted`.
 (Single-process Lightning otherwise ignores SIGTERM: its handler only sets a flag that it
 broadcasts in distributed runs.)
 """
@@ -17,7 +18,10 @@ import signal
 import subprocess
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-STOP_SIGNALS = (signal.SIGTERM,)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+EXIT_RESUMABLE = 75
+"""Exit code of a cell or sweep that stopped with work left that a rerun resumes (interrupted,
+preempted, claim lost): EX_TEMPFAIL, distinct from 1 (failed) and 2 (bad input)."""
 
 
 class PreemptionFlag:

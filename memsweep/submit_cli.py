@@ -4,7 +4,7 @@
 
 Why a command of its own: Hydra's submitit launcher blocks until every job ends and reports
 failures only at the end (hydra #2479, #2284). Here the sweep's state lives on disk (the plan, each
-cell's result.json, claim.json and slurm.json), so this exits once the jobs are queued and
+cell's result.json, claims/ and slurm.json), so this exits once the jobs are queued and
 `memsweep status` / `memsweep collect` read the sweep dir later. Nothing is queued or written
 unless the whole grid, the cluster preset and the allocation of every cell pass their checks.
 Relaunching skips done cells and cells whose job is still queued; `--retry-failed` also re-runs
@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SKIP_UNLESS_RETRY = ("failed", "stale", "running")
-"""States re-run only with --retry-failed ("running" here means: a running record, no live claim
-and no queued job, i.e. a process that died without a word)."""
+SKIP_UNLESS_RETRY = ("failed", "stale")
+"""States re-run only with --retry-failed (stale: a process that died without a final record)."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,7 @@ def select_cells(cells, retry_failed: bool, active: set[str]) -> tuple[list, dic
     chosen, skipped = [], {}
     for cell in cells:
         state = cell_state(cell.cell_dir).state
-        if state in ("done", "corrupt") or is_queued(cell.cell_dir, active) or \
-                (state == "running" and _claim_is_live(cell.cell_dir)):
+        if state in ("done", "corrupt", "running") or is_queued(cell.cell_dir, active):
             reason = state if state in ("done", "corrupt") else "queued or running"
         elif state in SKIP_UNLESS_RETRY and not retry_failed:
             reason = f"{state} (--retry-failed re-runs them)"
@@ -118,13 +116,6 @@ def select_cells(cells, retry_failed: bool, active: set[str]) -> tuple[list, dic
             continue
         skipped[reason] = skipped.get(reason, 0) + 1
     return chosen, skipped
-
-
-def _claim_is_live(cell_dir: Path) -> bool:
-    from memsweep.claim import claim_is_live, read_claim
-
-    claim = read_claim(cell_dir)
-    return claim is not None and claim_is_live(claim)
 
 
 def _submit(args: argparse.Namespace) -> int:

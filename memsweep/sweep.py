@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 
 from memsweep.config import CONFIG_FILE, CellConfig, ConfigError, cell_config, save_cell_config
+from memsweep.preflight import check_resources
 from memsweep.record import read_result, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -94,8 +96,9 @@ class _Composer:
             try:
                 self.bases[key] = compose("train", overrides=list(defaults), return_hydra_config=with_hydra)
             except MissingConfigException as err:
-                group = (err.missing_cfg_file or "defaults").rpartition("/")[0] or "defaults"
-                raise ConfigError(f"{group}: {_first_line(err)}") from None
+                group, _, name = (err.missing_cfg_file or "defaults").rpartition("/")
+                choices = f"; choose one of {', '.join(sorted(err.options))}" if err.options else ""
+                raise ConfigError(f"{group or 'defaults'}: no option {name!r}{choices}") from None
             except HydraException as err:
                 raise ConfigError(f"defaults: {_first_line(err)}") from None
         cfg = copy.deepcopy(self.bases[key])
@@ -130,6 +133,7 @@ def plan_sweep(overrides: list[str], sweep_dir: Path | None = None) -> SweepPlan
         for job in jobs:
             try:
                 config = cell_config(composer.compose(job + hydra_lines))
+                check_resources(config, root / config.cell_id)
             except ConfigError as err:
                 raise ConfigError(f"{err} (cell: {' '.join(job) or 'no overrides'})") from None
             cells.setdefault(config.cell_id, PlannedCell(config.cell_id, root / config.cell_id, config, tuple(job)))
@@ -158,12 +162,43 @@ def write_plan(plan: SweepPlan) -> None:
     })
 
 
+class SweepDirError(ValueError):
+    """A sweep dir, or its sweep.json, that cannot be used; the message is one line naming it."""
+
+
+def check_cell_id(cell_id: object) -> str:
+    """A cell id names a directory inside the sweep dir, so it must be exactly what config.py
+    makes (12 lowercase hex digits), never a path like `../../x`."""
+    if not isinstance(cell_id, str) or not re.fullmatch(r"[0-9a-f]{12}", cell_id):
+        raise ValueError(f"cell id {cell_id!r} is not 12 lowercase hex digits")
+    return cell_id
+
+
 def read_plan(sweep_dir: Path) -> dict | None:
-    """sweep.json of a sweep dir, or None if the sweep was not planned (e.g. a plain multirun)."""
+    """sweep.json of a sweep dir, or None if the sweep was not planned (e.g. a plain multirun).
+    Checked before anyone uses it: a list of cells, each with a valid cell id and its overrides."""
+    path = Path(sweep_dir) / SWEEP_FILE
     try:
-        return json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+        plan = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise SweepDirError(f"cannot read {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise SweepDirError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list):
+        raise SweepDirError(f"{path} is malformed: not an object with a list of cells")
+    for i, cell in enumerate(plan["cells"]):
+        try:
+            if not isinstance(cell, dict):
+                raise ValueError("not an object")
+            check_cell_id(cell.get("cell_id"))
+            overrides = cell.get("overrides")
+            if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+                raise ValueError("overrides is not a list of strings")
+        except ValueError as err:
+            raise SweepDirError(f"{path} is malformed: cells[{i}]: {err}") from None
+    return plan
 
 
 def estimated_flops(cfg: CellConfig, n_params: int) -> float:

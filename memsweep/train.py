@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from memsweep.cell import run_cell_dir
 from memsweep.config import CONFIG_FILE, ConfigError, cell_config, load_cell_config, save_cell_config
+from memsweep.preemption import EXIT_RESUMABLE
+from memsweep.preflight import check_resources
 
 
 def _cell_id(*, _root_: DictConfig) -> str:
@@ -48,7 +50,16 @@ def main(cfg: DictConfig) -> float:
               "choose another hydra.run.dir", file=sys.stderr)
         sys.exit(2)
     save_cell_config(cell, config_file)
+    try:
+        check_resources(cell, run_dir)
+    except ConfigError as err:
+        print(f"memsweep: config error: {err}", file=sys.stderr)
+        sys.exit(2)
     record = run_cell_dir(run_dir)
+    if record["status"] in ("interrupted", "preempted"):
+        print(f"memsweep: cell {cell.cell_id} {record['status']} ({record.get('stop_cause')}) at step "
+              f"{record['steps']}, checkpointed; rerun the same command to resume; {run_dir}")
+        sys.exit(EXIT_RESUMABLE)
     if record["status"] != "done":
         print(f"memsweep: cell {cell.cell_id} {record['status']}; {run_dir}")
         return float("nan")

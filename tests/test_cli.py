@@ -12,6 +12,7 @@ from importlib import metadata
 
 import pytest
 
+from memsweep.claim import CLAIM_DIR
 from memsweep.cli import main
 from memsweep.record import write_json_atomic
 from memsweep.sweep import CONFIG_FILE, SWEEP_FILE, plan_sweep, write_plan
@@ -20,6 +21,13 @@ DONE = {"status": "done", "memorized_bits": 4356.5, "n_params": 37104, "stop_rea
         "config": {"model": {"n_layer": 1}}, "versions": {"torch": "2.13.0", "git_sha": "abc"}}
 FAILED = {"status": "failed", "error": "RuntimeError: CUDA out of memory\nTried to allocate 2 GiB",
           "traceback": "Traceback (most recent call last):\n  ...", "config": {}}
+
+
+def write_claim(cell_dir, generation: int = 1, **payload) -> None:
+    """A claim as memsweep.claim.CellClaim writes it: claims/<generation>.json with its payload."""
+    fields = {"host": "gpu-node-7", "pid": 4242, "pid_start": None, "slurm_job_id": None, "token": "t" * 32,
+              "heartbeat": time.time(), "lease_seconds": 300.0}
+    write_json_atomic(cell_dir / CLAIM_DIR / f"{generation:09d}.json", {**fields, **payload})
 
 
 def dead_pid() -> int:
@@ -40,20 +48,19 @@ def sweep(tmp_path):
     write_json_atomic(dirs[0] / "result.json", {**DONE, "cell_id": ids[0]})
     write_json_atomic(dirs[1] / "result.json", {**FAILED, "cell_id": ids[1]})
     write_json_atomic(dirs[2] / "result.json", {"status": "running", "cell_id": ids[2]})
-    write_json_atomic(dirs[2] / "claim.json", {"host": "gpu-node-7", "pid": 4242, "slurm_job_id": "17_3",
-                                               "heartbeat": now - 5, "lease_seconds": 300})
+    write_claim(dirs[2], generation=2, slurm_job_id="17_3", heartbeat=now - 5)
     write_json_atomic(dirs[3] / "result.json", {"status": "running", "cell_id": ids[3]})
-    write_json_atomic(dirs[3] / "claim.json", {"host": "gpu-node-7", "pid": 4243, "slurm_job_id": None,
-                                               "heartbeat": now - 3600, "lease_seconds": 300})
-    write_json_atomic(dirs[4] / "claim.json", {"host": socket.gethostname(), "pid": dead_pid(), "slurm_job_id": None,
-                                               "heartbeat": now, "lease_seconds": 300})
+    write_claim(dirs[3], pid=4243, heartbeat=now - 3600)
+    write_claim(dirs[4], host=socket.gethostname(), pid=dead_pid(), heartbeat=now)
     write_json_atomic(dirs[5] / "result.json", {"status": "preempted", "cell_id": ids[5]})
+    write_json_atomic(dirs[6] / "result.json", {"status": "interrupted", "cell_id": ids[6], "signal": "SIGTERM",
+                                                "stop_cause": "signal SIGTERM"})
     loose = tmp_path / "0123456789ab"
     write_json_atomic(loose / "result.json", {**DONE, "cell_id": "0123456789ab"})
     (loose / ".hydra").mkdir()
     (loose / ".hydra" / "overrides.yaml").write_text("- precision=bf16\n- seed=9\n")
     (tmp_path / "not-a-cell").mkdir()
-    expected = dict(zip(ids, ["done", "failed", "running", "stale", "stale", "preempted", "pending", "pending"]))
+    expected = dict(zip(ids, ["done", "failed", "running", "stale", "stale", "preempted", "interrupted", "pending"]))
     return tmp_path, plan, {**expected, "0123456789ab": "done"}
 
 
@@ -64,10 +71,13 @@ def test_status_reports_every_cells_state(sweep, capsys):
     assert {line.split()[0]: line.split()[1] for line in lines[:-1]} == expected
     by_id = {line.split()[0]: line for line in lines[:-1]}
     assert by_id[plan.cells[1].cell_id].endswith("RuntimeError: CUDA out of memory")  # the error's first line
-    assert "gpu-node-7 pid 4242 job 17_3" in by_id[plan.cells[2].cell_id]
+    assert "gpu-node-7 pid 4242 job 17_3, heartbeat 5s ago, generation 2" in by_id[plan.cells[2].cell_id]
+    assert "process gone: claim expired (gpu-node-7 pid 4243" in by_id[plan.cells[3].cell_id]
+    assert "claim holder process gone" in by_id[plan.cells[4].cell_id]
+    assert by_id[plan.cells[6].cell_id].endswith("resumable; stopped by signal SIGTERM")
     assert "data.n_samples=8 precision=fp32 experiment=smoke seed=0" in by_id[plan.cells[0].cell_id]
     assert "precision=bf16 seed=9" in by_id["0123456789ab"]
-    assert lines[-1] == "9 cells: 2 done, 1 failed, 1 running, 2 stale, 1 preempted, 2 pending"
+    assert lines[-1] == "9 cells: 2 done, 1 failed, 1 running, 1 interrupted, 1 preempted, 2 stale, 1 pending"
 
 
 def test_status_json(sweep, capsys):
@@ -75,14 +85,14 @@ def test_status_json(sweep, capsys):
     assert main(["status", str(sweep_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {c["cell_id"]: c["state"] for c in report["cells"]} == expected
-    assert report["counts"] == {"done": 2, "failed": 1, "running": 1, "stale": 2, "preempted": 1, "pending": 2,
-                                "corrupt": 0}
+    assert report["counts"] == {"done": 2, "failed": 1, "running": 1, "interrupted": 1, "preempted": 1, "stale": 2,
+                                "pending": 1, "corrupt": 0}
     assert report["cells"][0]["overrides"] == list(plan.cells[0].overrides)
 
 
 def test_status_of_a_missing_dir_is_an_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert "is not a sweep dir: no such directory" in capsys.readouterr().err
 
 
 def test_collect_writes_one_csv_row_per_cell(sweep):

@@ -49,6 +49,12 @@ def test_every_experiment_composes(experiment):
     ("+model.d_modl=64", "model.d_modl"),
     ("model.n_layer=two", "model.n_layer"),
     ("+trainer.saturation.windw=3", "trainer.saturation.windw"),
+    ("trainer.lr=inf", "trainer.lr"),
+    ("trainer.lr=nan", "trainer.lr"),
+    ("trainer.saturation.tolerance=inf", "trainer.saturation.tolerance"),
+    ("seed=-1", "seed"),
+    ("data.seed=4294967296", "data.seed"),
+    ("trainer.lease_seconds=1", "trainer.lease_seconds"),
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -61,6 +67,23 @@ def test_misspelled_key_and_unknown_option_are_refused_by_hydra():
         compose_config(["model.d_modl=64"])
     with pytest.raises(MissingConfigException, match="model/paper-3L-d32"):
         compose_config(["model=paper-3L-d32"])
+
+
+def test_a_misspelled_preset_fails_naming_the_choices(tmp_path):
+    with pytest.raises(MissingConfigException, match="experiment/reproduce-smal"):
+        compose_config(["experiment=reproduce-smal"])  # it was `optional`: silently the default cell
+    out = subprocess.run([sys.executable, "-m", "memsweep.train", f"hydra.run.dir={tmp_path / 'cell'}",
+                          "experiment=does-not-exist"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "does-not-exist" in out.stderr and "reproduce-small" in out.stderr
+    assert not (tmp_path / "cell").exists()
+
+
+def test_checkpoints_by_steps_bound_lost_work_by_default():
+    cell = cell_config(compose_config())
+    assert cell.trainer.checkpoint_every_steps is None
+    assert cell.trainer.checkpoint_interval == cell.trainer.max_steps // 50
+    assert cell_config(compose_config(["trainer.max_steps=60"])).trainer.checkpoint_interval == 2
+    assert cell_config(compose_config(["trainer.checkpoint_every_steps=0"])).trainer.checkpoint_interval == 0
 
 
 def test_cell_id_ignores_logging_and_devices_but_not_science():

@@ -11,7 +11,7 @@ import pytest
 import memsweep.cell as cell_module
 from memsweep.cell import run_cell, run_cell_dir
 from memsweep.checkpoint import checkpoints, newest_valid_checkpoint, step_of
-from memsweep.claim import CLAIM_FILE, CellClaim
+from memsweep.claim import CLAIM_DIR, CellClaim, read_claim
 from memsweep.config import save_cell_config
 from tests.test_cell import metrics_rows
 
@@ -83,7 +83,7 @@ def test_run_cell_dir_runs_once(small_cell, tmp_path):
     save_cell_config(cfg, tmp_path / "config.yaml")
     record = run_cell_dir(tmp_path)
     assert record["status"] == "done" and record["cell_id"] == cfg.cell_id
-    assert not (tmp_path / CLAIM_FILE).exists()
+    assert read_claim(tmp_path)["released"] and read_claim(tmp_path)["final_status"] == "done"
     assert run_cell_dir(tmp_path) == record
 
 
@@ -101,10 +101,11 @@ def test_a_live_claim_keeps_other_processes_out(small_cell, tmp_path):
     assert CellClaim(tmp_path).acquire()
 
 
-def write_claim(cell_dir, **fields):
+def write_claim(cell_dir, generation=1, **fields):
     claim = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": None, "token": "x",
              "heartbeat": time.time(), "lease_seconds": 300, **fields}
-    (cell_dir / CLAIM_FILE).write_text(json.dumps(claim))
+    (cell_dir / CLAIM_DIR).mkdir(exist_ok=True)
+    (cell_dir / CLAIM_DIR / f"{generation:09d}.json").write_text(json.dumps(claim))
 
 
 @pytest.mark.parametrize("dead", [
@@ -123,7 +124,7 @@ def test_a_requeued_job_takes_back_its_own_claim(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert CellClaim(tmp_path).acquire()
-    write_claim(tmp_path, host="other-node", slurm_job_id="78_0")
+    write_claim(tmp_path, generation=5, host="other-node", slurm_job_id="78_0")
     assert not CellClaim(tmp_path).acquire()
 
 
@@ -134,6 +135,6 @@ def test_sigterm_stops_with_a_checkpoint_and_no_requeue(small_cell, tmp_path, mo
     with monkeypatch.context() as patch:
         signal_at_step(patch, 5, signal.SIGTERM)
         stopped = run_cell_dir(tmp_path)
-    assert (stopped["status"], stopped["signal"], stopped["requeue"]) == ("preempted", "SIGTERM", False)
+    assert (stopped["status"], stopped["signal"], stopped["requeue"]) == ("interrupted", "SIGTERM", False)
     assert stopped["steps"] == 6
     assert run_cell_dir(tmp_path)["steps"] == 12

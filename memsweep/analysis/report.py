@@ -22,6 +22,7 @@ from memsweep.analysis.double_descent import double_descent_points, test_loss_cu
 from memsweep.analysis.membership import GPT2_SIZES, PAPER_LAW, TARGET_F1, LawFit, fit_law, samples_for_f1
 from memsweep.analysis.paper import PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, table1_comparison
 from memsweep.analysis.throughput import throughput_summary, throughput_table
+from memsweep.cell import PER_SAMPLE_FILE
 
 REPORT_DIR = "report"
 """Default output: <sweep dir>/report/."""
@@ -43,7 +44,10 @@ class Report:
 
 
 def _membership_law(cells: pd.DataFrame, report: Report) -> LawFit | None:
-    scored = cells.dropna(subset=["mi_f1"]) if "mi_f1" in cells else cells.iloc[:0]
+    if "mi_f1" not in cells:
+        report.notes.append(f"membership law not fitted: no done cell kept its {PER_SAMPLE_FILE}")
+        return None
+    scored = cells.dropna(subset=["mi_f1"])
     try:
         return fit_law(scored["samples_per_param"].to_numpy(), scored["mi_f1"].to_numpy())
     except (ValueError, RuntimeError) as err:  # too few cells, or scipy's curve_fit gave up
