@@ -1,6 +1,6 @@
 """`memsweep`: plan a sweep, see where it stands, collect its results.
 
-    memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost; writes the plan
+    memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost (--write: the plan)
     memsweep submit experiment=capacity cluster=slurm resources=gpu-1   # queue SLURM arrays, exit
     memsweep status runs/sweeps/capacity [--json]     # each cell: done, failed, running, stale, corrupt, ...
     memsweep collect runs/sweeps/capacity --out results.parquet
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def _check_slurm_allocation(plan, overrides: list[str]) -> None:
     check_allocation(plan.cells, launch_settings(overrides).executor_params)
 
 
+LIST_CELLS_UP_TO = 50
+"""`memsweep plan` lists every cell of a grid this small; larger grids get the per-model summary
+(pass --cells for the listing)."""
+
+
 def _plan(args: argparse.Namespace) -> int:
     from memsweep.config import ConfigError
     from memsweep.model import paper_param_count
@@ -68,36 +74,62 @@ def _plan(args: argparse.Namespace) -> int:
         _check_slurm_allocation(plan, args.overrides)
     except ConfigError as err:
         return _error(f"config error: {err}\nnothing was written")
-    print(f"{'cell':12} {'L':>2} {'d':>5} {'P':>13} {'N':>9} {'dataset bits':>14} {'prec':10} {'seed':>4} "
-          f"{'PFLOP':>9} {'hours':>8}  state")
-    total_flops = 0.0
-    done = 0
+    per_hour = args.flops_per_second * 3600
+    rows = []
     for cell in plan.cells:
         m, d = cell.config.model, cell.config.data
         n_params = paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model)
-        flops = estimated_flops(cell.config, n_params)
-        total_flops += flops
-        state = cell_state(cell.cell_dir).state
-        done += state == "done"
-        bits = d.n_samples * d.seq_len * math.log2(d.vocab_size)
-        print(f"{cell.cell_id:12} {m.n_layer:>2} {m.d_model:>5} {n_params:>13,} {d.n_samples:>9,} {bits:>14,.0f} "
-              f"{cell.config.precision:10} {cell.config.seed:>4} {flops / 1e15:>9.3g} "
-              f"{flops / args.flops_per_second / 3600:>8.3g}  {state}")
-    write_plan(plan)
-    hours = total_flops / args.flops_per_second / 3600
-    print(f"{len(plan.cells)} cells ({done} already done, left untouched) in sweep {plan.name!r}: at most "
-          f"{total_flops:.3g} FLOPs, {hours:.3g} device-hours at an assumed {args.flops_per_second:.3g} FLOP/s "
-          f"(upper bound: trainer.max_steps; saturation stops earlier)")
-    print(f"wrote {plan.sweep_dir / 'sweep.json'} and <cell id>/config.yaml under {plan.sweep_dir}")
+        rows.append((cell, n_params, estimated_flops(cell.config, n_params), cell_state(cell.cell_dir).state,
+                     d.n_samples * d.seq_len * math.log2(d.vocab_size)))
+    if args.cells or (args.cells is None and len(rows) <= LIST_CELLS_UP_TO):
+        print(f"{'cell':12} {'L':>2} {'d':>5} {'P':>13} {'N':>9} {'dataset bits':>14} {'prec':10} {'seed':>4} "
+              f"{'PFLOP':>9} {'hours':>8}  state")
+        for cell, n_params, flops, state, bits in rows:
+            m, d = cell.config.model, cell.config.data
+            print(f"{cell.cell_id:12} {m.n_layer:>2} {m.d_model:>5} {n_params:>13,} {d.n_samples:>9,} {bits:>14,.0f} "
+                  f"{cell.config.precision:10} {cell.config.seed:>4} {flops / 1e15:>9.3g} {flops / per_hour:>8.3g}  {state}")
+    else:
+        _plan_summary(rows, per_hour)
+    total_flops = sum(r[2] for r in rows)
+    done = sum(r[3] == "done" for r in rows)
+    print(f"{len(rows)} cells ({done} already done, left untouched) in sweep {plan.name!r}: at most "
+          f"{total_flops:.3g} FLOPs, {total_flops / per_hour:.3g} device-hours at an assumed "
+          f"{args.flops_per_second:.3g} FLOP/s (upper bound: trainer.max_steps; saturation stops earlier)")
+    if args.write:
+        write_plan(plan)
+        print(f"wrote {plan.sweep_dir / 'sweep.json'} and <cell id>/config.yaml under {plan.sweep_dir}")
+    else:
+        print("nothing written (a dry run); --write writes the plan, `memsweep run`/`submit` write it themselves")
     return 0
 
 
+def _plan_summary(rows, per_hour: float) -> None:
+    """One line per model shape: cells, P, the range of dataset bits, cost, cells already done."""
+    models: dict[tuple, list] = {}
+    for row in rows:
+        m, d = row[0].config.model, row[0].config.data
+        models.setdefault((m.n_layer, m.d_model, d.vocab_size, d.seq_len), []).append(row)
+    print(f"{'L':>2} {'d':>5} {'V':>6} {'S':>5} {'P':>13} {'cells':>6} {'dataset bits':>21} {'PFLOP':>9} "
+          f"{'hours':>8} {'done':>5}")
+    for (layers, width, vocab, seq), group in models.items():
+        bits = [r[4] for r in group]
+        flops = sum(r[2] for r in group)
+        print(f"{layers:>2} {width:>5} {vocab:>6} {seq:>5} {group[0][1]:>13,} {len(group):>6} "
+              f"{min(bits):>10.3g}-{max(bits):<10.3g} {flops / 1e15:>9.3g} {flops / per_hour:>8.3g} "
+              f"{sum(r[3] == 'done' for r in group):>5}")
+
+
 def _add_plan(commands) -> None:
-    p = commands.add_parser("plan", help="expand and validate a grid, print its cells and cost, write the plan")
+    p = commands.add_parser("plan", help="expand and validate a grid, print its cost (a dry run unless --write)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for memsweep-train -m (experiment=smoke, seed=0,1)")
     p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
     p.add_argument("--flops-per-second", type=float, default=ASSUMED_FLOPS_PER_SECOND,
                    help=f"throughput assumed for the hours column (default {ASSUMED_FLOPS_PER_SECOND:g})")
+    listing = p.add_mutually_exclusive_group()
+    listing.add_argument("--cells", action="store_true", default=None,
+                         help=f"list every cell (the default up to {LIST_CELLS_UP_TO} cells)")
+    listing.add_argument("--summary", dest="cells", action="store_false", help="one line per model shape")
+    p.add_argument("--write", action="store_true", help="write sweep.json and each cell's config.yaml")
     p.set_defaults(handler=_plan)
 
 
@@ -229,10 +261,11 @@ def _add_report(commands) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from memsweep.config import ConfigError
+    from memsweep.console import VERBOSE_ENV
     from memsweep.local_run import default_workers, run_workers
     from memsweep.preemption import EXIT_RESUMABLE
     from memsweep.sweep import plan_sweep, write_plan
-    from memsweep.sweepstate import counts, sweep_states
+    from memsweep.sweepstate import cell_state, counts, sweep_states
 
     if any(o.split("=")[0].lstrip("+") == "cluster" and "slurm" in o for o in args.overrides):
         return _error("memsweep run trains on this machine; queue a SLURM grid with `memsweep submit`")
@@ -243,9 +276,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         return _error(f"--workers must be at least 1, got {args.workers}")
     write_plan(plan)
-    workers = args.workers or default_workers()
-    print(f"{len(plan.cells)} cells in {plan.sweep_dir}, {workers} workers")
-    stopped_by = run_workers(plan.sweep_dir, workers)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # the workers keep Lightning's own messages
+    before = counts([cell_state(cell.cell_dir) for cell in plan.cells])
+    to_train = len(plan.cells) - before["done"] - before["corrupt"]
+    corrupt = f", {before['corrupt']} corrupt" if before["corrupt"] else ""
+    stopped_by = None
+    if not to_train:
+        print(f"{len(plan.cells)} cells in {plan.sweep_dir}: {before['done']} already done{corrupt}; nothing to train"
+              if corrupt else f"all {len(plan.cells)} cells already done in {plan.sweep_dir}; nothing to train")
+    else:
+        workers = args.workers or default_workers()
+        print(f"{len(plan.cells)} cells in {plan.sweep_dir}: {before['done']} already done, {to_train} to train"
+              f"{corrupt}, {workers} workers")
+        stopped_by = run_workers(plan.sweep_dir, workers)
     totals = counts(sweep_states(plan.sweep_dir))
     left = sum(totals[s] for s in ("pending", "stale", "interrupted", "preempted", "running"))
     if stopped_by is not None:
@@ -270,6 +314,7 @@ def _add_run(commands) -> None:
     p.add_argument("--workers", type=int, help="cells trained at once, each in its own process "
                    "(default: one per GPU, or one per CPU core without GPUs)")
     p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
+    p.add_argument("--verbose", action="store_true", help="keep Lightning's banners, tips and warnings")
     _report_options(p)
     p.set_defaults(handler=_run)
 

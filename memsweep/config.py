@@ -1,17 +1,21 @@
 """Typed configuration of one cell, checked before any training starts.
 
-The Hydra YAML in conf/ is merged onto these dataclasses, so a misspelled key or a wrong type is
-refused by OmegaConf with the key's full name, and `validate` refuses impossible values, also
-naming the key. The cell id is a hash of exactly the fields that change the result.
+The composed Hydra config is built into these dataclasses, so a misspelled key (with the closest
+known key) or a wrong type is refused with the key's full name, and `validate` refuses impossible
+values, also naming the key. The cell id is a hash of exactly the fields that change the result.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
 import math
 import os
 import tempfile
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +237,58 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, key, f"unknown value {value!r}; choose one of {', '.join(allowed)}")
 
 
-_CELL_SCHEMA = OmegaConf.structured(CellConfig)  # built once: planning a 3,000-cell grid calls this a lot
+def unknown_key_message(full_key: str, known: list[str] | set[str]) -> str:
+    """`model.d_modle: unknown key; did you mean model.d_model?` (the closest known key, if any)."""
+    parent, _, name = full_key.rpartition(".")
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else \
+        f"; the keys there are {', '.join(sorted(known))}"
+    return f"{full_key}: unknown key{hint}"
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """One value checked against its field's type, converted where OmegaConf would (int -> float,
+    a number -> str, a numeric string -> number)."""
+    if is_dataclass(hint):
+        return _build(hint, value, key)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        _require(type(None) in allowed, key, "must not be null")
+        return None
+    base = next(t for t in allowed if t is not type(None))
+    if base is bool:
+        _require(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if base in (int, float) and isinstance(value, str):
+        try:
+            value = float(value) if base is float else int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {'a number' if base is float else 'an integer'}, got {value!r}") from None
+    if base is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if base is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    _require(isinstance(value, (str, int, float)) and not isinstance(value, bool), key, f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    """A config dataclass from a plain mapping: unknown keys and wrong types are errors naming
+    the key. Why not OmegaConf's structured merge: it costs ~30 ms a cell, the bulk of planning
+    a 3,000-cell grid; this is the same check in microseconds."""
+    _require(isinstance(raw, dict), key, f"expected a mapping, got {raw!r}")
+    hints = _hints(cls)
+    for name in raw:
+        if name not in hints:
+            raise ConfigError(unknown_key_message(f"{key}.{name}" if key else str(name), set(hints)))
+    return cls(**{name: _coerce(hints[name], value, f"{key}.{name}" if key else name) for name, value in raw.items()})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def cell_config(cfg: DictConfig | dict) -> CellConfig:
@@ -241,11 +296,7 @@ def cell_config(cfg: DictConfig | dict) -> CellConfig:
     `hydra` or `experiment` metadata are ignored; unknown keys inside a group are errors)."""
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     known = {k: raw[k] for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in raw}
-    try:
-        merged = OmegaConf.merge(_CELL_SCHEMA, known)
-    except Exception as err:  # OmegaConf names the full key in its message
-        raise ConfigError(_omegaconf_message(err)) from None
-    typed: CellConfig = OmegaConf.to_object(merged)
+    typed: CellConfig = _build(CellConfig, known, "")
     return typed.validate()
 
 
@@ -276,9 +327,3 @@ def load_cell_config(path: Path) -> CellConfig:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no cell config there") from None
     return cell_config(raw)
-
-
-def _omegaconf_message(err: Exception) -> str:
-    full_key = getattr(err, "full_key", None)
-    first_line = str(err).splitlines()[0]
-    return f"{full_key}: {first_line}" if full_key else first_line

@@ -33,9 +33,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
-from memsweep.config import CONFIG_FILE, CellConfig, ConfigError, cell_config, save_cell_config
+from memsweep.config import CONFIG_FILE, CellConfig, ConfigError, cell_config, save_cell_config, unknown_key_message
 from memsweep.preflight import check_resources
 from memsweep.record import read_result, write_json_atomic
 
@@ -106,6 +107,11 @@ class _Composer:
             try:
                 ConfigLoaderImpl._apply_overrides_to_config([override], cfg)
             except HydraException as err:
+                if isinstance(err.__cause__, ConfigAttributeError):  # a key the config does not have
+                    parent, _, _ = override.key_or_group.rpartition(".")
+                    node = OmegaConf.select(cfg, parent) if parent else cfg
+                    known = list(node.keys()) if isinstance(node, DictConfig) else []
+                    raise ConfigError(unknown_key_message(override.key_or_group, known)) from None
                 raise ConfigError(f"{override.key_or_group}: {_first_line(err)}") from None
         return cfg
 

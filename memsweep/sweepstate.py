@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from memsweep.claim import CLAIM_DIR, claim_is_live, read_claim
+from memsweep.claim import CLAIM_DIR, UNREADABLE_GRACE_SECONDS, claim_is_live, read_claim
 from memsweep.config import CONFIG_FILE
 from memsweep.record import RESULT_FILE, read_result
 from memsweep.sweep import SWEEP_FILE, SweepDirError, read_plan
@@ -91,9 +91,11 @@ def cell_state(cell_dir: Path, overrides: tuple[str, ...] = (), now: float | Non
         claim = read_claim(cell_dir)
     except OSError as err:  # read_claim lets a permission error through
         return state("corrupt", f"cannot read {cell_dir / CLAIM_DIR} ({err.strerror or err})", record)
-    if claim is not None and "unreadable" in claim:
+    if claim is not None and "unreadable" in claim and claim_is_live(claim, now):
+        # What claims do too: presumed live for a grace period after its last change, then dead.
         path = cell_dir / CLAIM_DIR / f"{claim['generation']:09d}.json"
-        return state("corrupt", f"{path} is corrupt ({claim['unreadable']})", record)
+        return state("running", f"{path} is unreadable ({claim['unreadable']}); presumed live for "
+                                f"{UNREADABLE_GRACE_SECONDS:.0f} s after its last change", record)
     if claim is not None and claim_is_live(claim, now):
         return state("running", _holder(claim, now), record)
     if status == "failed":

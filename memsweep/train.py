@@ -16,7 +16,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from memsweep.cell import run_cell_dir
 from memsweep.config import CONFIG_FILE, ConfigError, cell_config, load_cell_config, save_cell_config
 from memsweep.preemption import EXIT_RESUMABLE
 from memsweep.preflight import check_resources
@@ -35,8 +34,36 @@ def _cell_id(*, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver("memsweep_cell_id", _cell_id, replace=True)
 
 
+HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--package", "-p",
+               "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+               "--experimental-rerun"}
+"""Hydra's own command-line flags: with any of these, Hydra answers and memsweep checks nothing."""
+
+
+def check_overrides(args: list[str]) -> None:
+    """Exit 2 with `memsweep: config error: ...` if any cell of these overrides is invalid (every
+    cell of a -m grid): before Hydra composes, so a typo leaves no run dir and needs no torch."""
+    if any(a.split("=")[0] in HYDRA_FLAGS for a in args):
+        return
+    from memsweep.sweep import plan_sweep  # Hydra's planner: no torch
+
+    try:
+        plan_sweep([a for a in args if not a.startswith("-")])
+    except ConfigError as err:
+        print(f"memsweep: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """The `memsweep-train` entry point: check the overrides, then run Hydra's app."""
+    check_overrides(sys.argv[1:])
+    app()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://memsweep.conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def app(cfg: DictConfig) -> float:
+    from memsweep.cell import run_cell_dir  # torch and Lightning load only where a cell trains
+
     try:
         cell = cell_config(cfg)
     except ConfigError as err:

@@ -124,18 +124,36 @@ def test_collect_to_parquet_needs_pyarrow(sweep, capsys):
 
 def test_plan_prints_cells_and_cost_and_writes_the_plan(tmp_path, capsys):
     assert main(["plan", "experiment=smoke", "seed=0,1", "--sweep-dir", str(tmp_path)]) == 0
+    assert "nothing written" in capsys.readouterr().out and not list(tmp_path.iterdir())  # a dry run
+    assert main(["plan", "experiment=smoke", "seed=0,1", "--sweep-dir", str(tmp_path), "--write"]) == 0
     out = capsys.readouterr().out.splitlines()
     plan = plan_sweep(["experiment=smoke", "seed=0,1"], sweep_dir=tmp_path)
     rows = [line.split() for line in out if line.split()[0] in {c.cell_id for c in plan.cells}]
     assert [r[0] for r in rows] == [c.cell_id for c in plan.cells]
     assert rows[0][1:8] == ["1", "16", "37,104", "8", "5,632", "fp32", "0"]  # L d P N bits precision seed
-    assert "8 cells (0 already done" in out[-2] and "FLOP/s" in out[-2]
+    assert "8 cells (0 already done" in out[-2] and "FLOP/s" in out[-2] and "wrote" in out[-1]
     assert json.loads((tmp_path / SWEEP_FILE).read_text())["cells"][0]["cell_id"] == plan.cells[0].cell_id
     assert all((c.cell_dir / CONFIG_FILE).exists() for c in plan.cells)
 
     write_json_atomic(plan.cells[0].cell_dir / "result.json", {"status": "done"})
-    assert main(["plan", "experiment=smoke", "seed=0,1", "--sweep-dir", str(tmp_path)]) == 0
+    assert main(["plan", "experiment=smoke", "seed=0,1", "--sweep-dir", str(tmp_path), "--write"]) == 0
     assert "8 cells (1 already done" in capsys.readouterr().out
+
+
+def test_plan_of_the_capacity_grid_summarises_it_in_well_under_a_minute(tmp_path, capsys):
+    started = time.process_time()  # CPU time: the wall time depends on what else the machine runs
+    assert main(["plan", "experiment=capacity", "--sweep-dir", str(tmp_path / "s")]) == 0
+    assert time.process_time() - started < 60
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) < 30 and out[0].split()[:6] == ["L", "d", "V", "S", "P", "cells"]
+    assert sum(line.split()[5] == "150" for line in out[1:-2]) == 20  # 20 model shapes x 150 cells
+    assert out[-2].startswith("3000 cells (0 already done") and "device-hours" in out[-2]
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_misspelled_key_gets_a_did_you_mean(tmp_path, capsys):
+    assert main(["plan", "model.d_modle=3", "--sweep-dir", str(tmp_path / "s")]) == 2
+    assert "memsweep: config error: model.d_modle: unknown key; did you mean model.d_model?" in capsys.readouterr().err
 
 
 def test_plan_refuses_a_bad_grid_and_writes_nothing(tmp_path, capsys):

@@ -64,7 +64,7 @@ def test_bad_values_name_their_key(override, key):
 
 def test_misspelled_key_and_unknown_option_are_refused_by_hydra():
     with pytest.raises(ConfigCompositionException, match="d_modl"):
-        compose_config(["model.d_modl=64"])
+        compose_config(["model.d_modl=64"])  # memsweep-train answers this before Hydra (below)
     with pytest.raises(MissingConfigException, match="model/paper-3L-d32"):
         compose_config(["model=paper-3L-d32"])
 
@@ -76,6 +76,20 @@ def test_a_misspelled_preset_fails_naming_the_choices(tmp_path):
                           "experiment=does-not-exist"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "does-not-exist" in out.stderr and "reproduce-small" in out.stderr
     assert not (tmp_path / "cell").exists()
+
+
+def test_a_typo_is_refused_with_a_did_you_mean_before_hydra_or_torch(tmp_path):
+    for typo in ("model.d_modle=3", "+model.d_modle=3"):  # the second is what Hydra's hint suggests
+        out = subprocess.run([sys.executable, "-m", "memsweep.train", typo], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "memsweep: config error: model.d_modle: unknown key; did you mean model.d_model?" in out.stderr
+        assert list(tmp_path.iterdir()) == []  # no run dir, no train.log
+    probe = ("import sys; from memsweep.train import check_overrides\n"
+             "for args in (['--help'], ['model.d_model=64'], ['-m', 'seed=0,1']): check_overrides(args)\n"
+             "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def test_checkpoints_by_steps_bound_lost_work_by_default():

@@ -131,12 +131,15 @@ def test_a_running_record_without_a_live_claim_is_stale_never_running(tmp_path, 
     assert "claim released (gpu-node-7 pid 4242, heartbeat 0s ago, generation 3)" in cells["cccccccccccc"]["detail"]
 
 
-def test_a_garbage_claim_is_corrupt(tmp_path, capsys):
+def test_a_garbage_claim_is_live_for_its_grace_period_then_stale(tmp_path, capsys):
     sweep_dir = make_sweep(tmp_path / "s", '{"status": "running"}')
     (sweep_dir / BAD / CLAIM_DIR).mkdir()
-    (sweep_dir / BAD / CLAIM_DIR / "000000001.json").write_text("\x00garbage")
+    garbage = sweep_dir / BAD / CLAIM_DIR / "000000001.json"
+    garbage.write_text("\x00garbage")
     cell = status_of(sweep_dir, capsys)[BAD]
-    assert cell["state"] == "corrupt" and f"{CLAIM_DIR}/000000001.json is corrupt" in cell["detail"]
+    assert cell["state"] == "running" and f"{CLAIM_DIR}/000000001.json is unreadable" in cell["detail"]
+    os.utime(garbage, (time.time() - 3600,) * 2)
+    assert status_of(sweep_dir, capsys)[BAD]["state"] == "stale"
 
 
 def test_cells_are_found_by_their_claims_dir(tmp_path, capsys):
