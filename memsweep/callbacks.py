@@ -1,4 +1,5 @@
-"""Lightning callbacks: time the training steps, measure memorization at intervals, checkpoint.
+"""Lightning callbacks: time the training steps, measure memorization at intervals, checkpoint,
+show progress.
 
 The monitor evaluates the *whole* training set and the whole held-out set (never a sampled
 batch), appends a row to the cell's metrics.csv (the local source of truth), forwards the same
@@ -10,17 +11,21 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from typing import Callable
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+from tqdm import tqdm
 
 from memsweep.checkpoint import save_checkpoint
 from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig
+from memsweep.console import duration, emit, line_seconds, on_terminal
 from memsweep.evaluation import sharded_nll_bits, uniform_memorization
+from memsweep.model import paper_param_count
 from memsweep.preemption import PreemptionFlag
 from memsweep.schedule import Plateau
 
@@ -202,3 +207,72 @@ class Checkpointer(L.Callback):
             self.stop_cause = (f"signal {self.flag.signal_name}" if self.flag.requested
                                else "claim could not be renewed")
             trainer.should_stop = True
+
+
+class CellProgress(L.Callback):
+    """What a cell shows while it trains, on rank 0: a tqdm bar on a terminal, else (a pipe, a
+    SLURM log) a start line and a line at an evaluation at most every `line_seconds()`. Put it
+    after the monitor, whose latest evaluation it shows. The ETA counts to max_steps, or to the
+    end of the cooldown once the cell has saturated."""
+
+    def __init__(self, cfg: CellConfig, monitor: MemorizationMonitor, timer: StepTimer):
+        self.cfg, self.monitor, self.timer = cfg, monitor, timer
+        self.bar: tqdm | None = None
+        self.enabled = False  # rank 0 only
+        self._start_step, self._start_time, self._last_line = 0, 0.0, 0.0
+
+    def _end_step(self, trainer: L.Trainer) -> int:
+        return min(self.monitor.stop_step or trainer.max_steps, trainer.max_steps)
+
+    def _stats(self, step: int) -> str:
+        last, seconds = self.monitor.last, self.timer.train_seconds
+        tokens = step * self.cfg.trainer.batch_size * self.cfg.data.seq_len
+        rate = f" {tokens / seconds:,.0f} tok/s" if seconds else ""
+        return f"memorized {last['memorized_bits']:,.0f} bits ({100 * last['memorized_fraction']:.1f}%){rate}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.enabled = trainer.is_global_zero
+        if not self.enabled:
+            return
+        self._start_step, self._start_time = trainer.global_step, time.perf_counter()
+        self._last_line = self._start_time
+        if on_terminal(sys.stderr):
+            self.bar = tqdm(total=self._end_step(trainer), initial=self._start_step, desc=self.cfg.cell_id,
+                            unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+            return
+        m, d = self.cfg.model, self.cfg.data
+        resumed = f", resuming at step {self._start_step:,}" if self._start_step else ""
+        emit(f"memsweep: {self.cfg.cell_id} training {m.n_layer}L d{m.d_model} "
+             f"(P={paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model):,}) on {d.n_samples:,} "
+             f"samples ({d.n_samples * d.seq_len * math.log2(d.vocab_size):,.0f} bits), {self.cfg.precision}, "
+             f"up to {trainer.max_steps:,} steps{resumed}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.enabled:
+            return
+        step, evaluated = trainer.global_step, self.monitor.last_eval_step == trainer.global_step
+        if self.bar is not None:
+            self.bar.total = self._end_step(trainer)
+            if evaluated:
+                self.bar.set_postfix_str(self._stats(step), refresh=False)
+            self.bar.update(step - self.bar.n)
+            return
+        now = time.perf_counter()
+        if not evaluated or now - self._last_line < line_seconds():
+            return
+        self._last_line = now
+        end = self._end_step(trainer)
+        eta = (end - step) * (now - self._start_time) / max(1, step - self._start_step)
+        emit(f"memsweep: {self.cfg.cell_id} step {step:,}/{end:,} ({100 * step / end:.1f}%) "
+             f"{self._stats(step)} ETA {duration(eta)}")
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close()

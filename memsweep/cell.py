@@ -19,11 +19,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from memsweep.callbacks import Checkpointer, MemorizationMonitor, StepTimer
+from memsweep.callbacks import CellProgress, Checkpointer, MemorizationMonitor, StepTimer
 from memsweep.checkpoint import newest_valid_checkpoint, step_of
 from memsweep.checkpoint import clean_partials
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
+from memsweep.console import quiet_lightning
 from memsweep.data import HELDOUT_BRANCH, ShuffledBatches, TokenRows, random_tokens
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
@@ -174,6 +175,7 @@ def _resume_point(run_dir: Path) -> Path | None:
 
 
 def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: list[L.Callback]) -> L.Trainer:
+    quiet_lightning()  # before the Trainer, which prints its banners as it is made
     t = cfg.trainer
     return L.Trainer(
         **trainer_kwargs(cfg.precision, t.accelerator, t.devices, t.num_nodes, t.strategy, t.deepspeed_stage,
@@ -212,7 +214,8 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[s
     with PreemptionFlag() as flag:
         checkpointer = Checkpointer(run_dir, flag, claim, trainer_cfg.checkpoint_interval,
                                     trainer_cfg.checkpoint_every_minutes, trainer_cfg.keep_checkpoints)
-        trainer = _trainer(cfg, module.model.n_params, run_dir, logger, [timer, monitor, checkpointer])
+        trainer = _trainer(cfg, module.model.n_params, run_dir, logger,
+                           [timer, monitor, checkpointer, CellProgress(cfg, monitor, timer)])
         sampler = ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
                                   rank=trainer.global_rank, world_size=trainer.world_size)
         loader = DataLoader(TokenRows(train_tokens), batch_size=None, sampler=sampler)

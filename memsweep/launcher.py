@@ -31,6 +31,7 @@ from typing import Any
 import submitit
 
 from memsweep.config import ConfigError
+from memsweep.console import cell_summary
 from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
 from memsweep.record import read_result, write_json_atomic
 
@@ -77,7 +78,10 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
                 if record["status"] in ("preempted", "interrupted"):  # checkpointed and stopped, not requeued
                     _interrupted(record.get("signal") or record.get("stop_cause"), record.get("requeue", False),
                                  cell_dirs, outcomes)
-            print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
+            if outcomes[cell_dir] == "done":  # trained here: what it memorized
+                print(f"memsweep: {cell_summary(record)}", flush=True)
+            elif outcomes[cell_dir] != "claimed":  # not when another live process trains it: that one says
+                print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
     if failed:
         raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
                           + "\n".join(f"  {d}: {e}" for d, e in failed.items()))

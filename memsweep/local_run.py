@@ -8,7 +8,8 @@ coordinator, a finished cell is skipped, and a killed run resumes from the cells
 when started again. A worker keeps going until no cell is left that it could claim or that a
 live worker trains, so the cell of a worker that was killed is taken over by the others. Threads are split evenly (OMP_NUM_THREADS = cores // K, unless set); on a
 GPU machine worker i sees only GPU i mod (number of GPUs), so K = number of GPUs puts one cell on
-each (untested here: no GPU).
+each (untested here: no GPU). While the workers run, `memsweep run` shows the sweep's progress,
+read from the cells' files (memsweep.console).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def worker_env(index: int, workers: int, gpus: list[str]) -> dict[str, str]:
 RESUMABLE_STATES = ("pending", "stale", "interrupted", "preempted")
 """States a worker (re)claims: never started, holder died, or stopped with a checkpoint."""
 POLL_SECONDS = 2.0
+PROGRESS_SECONDS = 3.0
+"""How often `memsweep run` reads the cells' states for its progress display (memsweep.console)."""
 MAX_ROUNDS = 3
 """Rounds of workers `memsweep run` starts while workers die (killed) with cells left to run."""
 
@@ -90,23 +93,59 @@ class _Forwarder:
 
 
 def run_workers(sweep_dir: Path, workers: int) -> str | None:
-    """Start the workers and wait for all; start another round if workers were killed and cells
-    are left (at most MAX_ROUNDS). Returns the name of the signal that stopped the run, if any."""
+    """Start the workers and wait for all, showing the sweep's progress; start another round if
+    workers were killed and cells are left (at most MAX_ROUNDS). Returns the name of the signal
+    that stopped the run, if any."""
+    from memsweep.console import SweepProgress
+
     gpus = visible_gpus()
     cell_dirs = plan_cell_dirs(sweep_dir)
-    for _ in range(MAX_ROUNDS):
-        procs = [subprocess.Popen([sys.executable, "-m", "memsweep.local_run", str(sweep_dir)],
-                                  env=worker_env(i, workers, gpus)) for i in range(workers)]
-        with _Forwarder(procs) as forwarder:
-            codes = [p.wait() for p in procs]
-        if forwarder.signal_name is not None:
-            return forwarder.signal_name
-        killed = [c for c in codes if c < 0]
-        if not killed or not any(_open_cells(cell_dirs)):
-            return None
-        print(f"memsweep: {len(killed)} worker(s) killed ({', '.join(signal.Signals(-c).name for c in killed)}); "
-              "starting the workers again for the cells left", file=sys.stderr)
+    with SweepProgress(_totals(cell_dirs)) as progress:
+        for _ in range(MAX_ROUNDS):
+            procs = [_start_worker(sweep_dir, worker_env(i, workers, gpus), progress) for i in range(workers)]
+            with _Forwarder(procs) as forwarder:
+                codes = _wait(procs, cell_dirs, progress)
+            if forwarder.signal_name is not None:
+                return forwarder.signal_name
+            killed = [c for c in codes if c < 0]
+            if not killed or not any(_open_cells(cell_dirs)):
+                return None
+            progress.write(f"memsweep: {len(killed)} worker(s) killed "
+                           f"({', '.join(signal.Signals(-c).name for c in killed)}); "
+                           "starting the workers again for the cells left", sys.stderr)
     return None
+
+
+def _totals(cell_dirs: list[str]) -> dict[str, int]:
+    """How many of the planned cells are in each state (other cell dirs in the sweep dir aside)."""
+    from memsweep.sweepstate import cell_state, counts
+
+    return counts([cell_state(Path(d)) for d in cell_dirs])
+
+
+def _start_worker(sweep_dir: Path, env: dict[str, str], progress) -> subprocess.Popen:
+    """A worker process. Under a progress bar its output is relayed above the bar (written
+    straight to the terminal it would break the bar); otherwise it goes where ours goes."""
+    command = [sys.executable, "-m", "memsweep.local_run", str(sweep_dir)]
+    if progress.bar is None:
+        return subprocess.Popen(command, env=env)
+    proc = subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    progress.relay(proc.stdout, sys.stdout)
+    progress.relay(proc.stderr, sys.stderr)
+    return proc
+
+
+def _wait(procs: list[subprocess.Popen], cell_dirs: list[str], progress) -> list[int]:
+    """Wait for every worker, updating the progress display every PROGRESS_SECONDS."""
+    while alive := [p for p in procs if p.poll() is None]:
+        progress.update(_totals(cell_dirs))
+        try:
+            alive[0].wait(timeout=PROGRESS_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    progress.update(_totals(cell_dirs))
+    return [p.returncode for p in procs]
 
 
 def main() -> int:

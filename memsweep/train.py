@@ -63,6 +63,9 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://memsweep.conf", config_name="train")
 def app(cfg: DictConfig) -> float:
     from memsweep.cell import run_cell_dir  # torch and Lightning load only where a cell trains
+    from memsweep.console import cell_summary, quiet_lightning
+
+    quiet_lightning(verbose=bool(HydraConfig.get().verbose))
 
     try:
         cell = cell_config(cfg)
@@ -90,12 +93,7 @@ def app(cfg: DictConfig) -> float:
     if record["status"] != "done":
         print(f"memsweep: cell {cell.cell_id} {record['status']}; {run_dir}")
         return float("nan")
-    print(
-        f"memsweep: cell {record['cell_id']} {record['status']}: memorized {record['memorized_bits']:,.0f} of "
-        f"{record['dataset_bits']:,.0f} bits ({100 * record['memorized_fraction']:.1f}%), "
-        f"{record['bits_per_param']:.3f} bits/param, {record['steps']} steps, stop: {record['stop_reason']}; "
-        f"{run_dir}/result.json"
-    )
+    print(f"memsweep: {cell_summary(record)}; {run_dir}/result.json")
     return record["memorized_bits"]
 
 
