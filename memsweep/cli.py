@@ -232,7 +232,8 @@ def _write_report(sweep_dir: Path, out: Path | None, wandb: str, bootstrap: int,
     for precision, fit in report.summary.get("alpha", {}).items():
         ci = f" (95% CI {fit['alpha_ci'][0]:.2f}-{fit['alpha_ci'][1]:.2f})" if fit["alpha_ci"] else ""
         print(f"alpha {precision}: {fit['alpha']:.2f} bits/param{ci}, {fit['n_models']} models")
-    print(f"{report.summary['cells_done']} cells done, {report.summary['cells_missing']} not done; wrote {path}")
+    wrote = f"wrote {path}" if report.written else f"report unchanged: {path}"
+    print(f"{report.summary['cells_done']} cells done, {report.summary['cells_missing']} not done; {wrote}")
     if wandb != "off":
         from memsweep.analysis.wandb_report import publish
 

@@ -1,5 +1,6 @@
-"""The report's fits recover constants planted in synthetic cell records, and the attack scores
-what it should on synthetic losses. No training here: tests/test_report.py runs a real sweep."""
+"""The report's fits recover constants planted in synthetic cell records, the attack scores
+what it should on synthetic losses, and a report says plainly what it cannot fit. No training
+here: tests/test_report.py runs a real sweep."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memsweep.analysis.capacity import capacities, capacity_summary, fit_alpha
+from memsweep.analysis import plots, report
+from memsweep.analysis.capacity import capacities, capacity_summary, fit_alpha, model_label
+from memsweep.analysis.cells import SweepCells
 from memsweep.analysis.double_descent import double_descent_points, locate_peak
 from memsweep.analysis.membership import (PAPER_LAW, fit_law, law_f1, loss_threshold_attack, oracle_f1,
                                           samples_for_f1)
@@ -44,7 +47,7 @@ def test_capacity_is_the_max_over_dataset_sizes_and_alpha_is_recovered():
     assert len(caps) == 3 * 4
     first = caps[(caps["n_params"] == 8_000) & (caps["seed"] == 0)].iloc[0]
     assert first["capacity_bits"] == pytest.approx(3.5 * 8_000 * 0.96)
-    assert first["bracketed"] and first["saturated"]
+    assert first["maximum"] == "bracketed" and not first["hit_max_steps"] and not first["lower_bound"]
 
     fit = fit_alpha(caps, "fp32", n_boot=500)
     assert fit.alpha == pytest.approx(3.5 * (1 + np.mean(list(noise.values()))), rel=1e-6)
@@ -61,13 +64,20 @@ def test_alpha_with_an_intercept_separates_a_fixed_cost():
     assert fit.alpha > 3.3  # the line through the origin absorbs the fixed cost
 
 
-def test_a_single_seed_gives_no_interval_and_an_unbracketed_max_is_flagged():
+def test_a_single_seed_gives_no_interval_and_a_max_at_grid_edge_is_a_lower_bound():
     cells = synthetic_cells(lambda p, seed, _: 1e9, seeds=(0,))  # capacity beyond every N
     caps = capacities(cells)
-    assert not caps["bracketed"].any()
-    assert not capacity_summary(caps)["all_bracketed"].any()
+    assert (caps["maximum"] == "at grid edge").all() and caps["at_data_ceiling"].all() and caps["lower_bound"].all()
+    summary = capacity_summary(caps)
+    assert (summary["seeds_at_grid_edge"] == 1).all() and summary["lower_bound"].all()
     fit = fit_alpha(caps, "fp32")
-    assert fit.alpha_ci is None and fit.n_seeds == 1
+    assert fit.alpha_ci is None and fit.n_seeds == 1 and fit.lower_bound
+
+
+def test_two_models_get_no_intercept_fit():
+    cells = synthetic_cells(lambda p, seed, _: 3.0 * p + 20_000, seeds=(0, 1))
+    fit = fit_alpha(capacities(cells[cells["n_params"] < 40_000]), "fp32", n_boot=50)
+    assert fit.n_models == 2 and fit.slope is None and fit.intercept is None and fit.slope_ci is None
 
 
 def test_fp32_and_bf16_are_fitted_separately():
@@ -85,15 +95,20 @@ def test_double_descent_peak_is_located_between_grid_points(true_peak):
 
     cells = synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0, 1, 2), test_loss=loss)
     points = double_descent_points(cells, {"fp32": 3.5}, n_boot=200)
-    assert len(points) == 3 and points["bracketed"].all()
+    assert len(points) == 3 and (points["maximum"] == "bracketed").all()
     for row in points.itertuples():
-        assert row.peak_ratio == pytest.approx(true_peak, rel=0.15)
-        assert row.ratio_low <= row.peak_ratio <= row.ratio_high
+        assert row.ratio_at_max == pytest.approx(true_peak, rel=0.15)
+        assert row.ratio_low <= row.ratio_at_max <= row.ratio_high
+        assert isinstance(row.n_samples_at_max, int)
 
 
-def test_a_peak_at_the_grid_edge_is_not_bracketed():
+def test_a_maximum_at_the_grid_edge_is_not_a_peak():
     peak = locate_peak(np.log10(np.array([1, 2, 4, 8.0])), np.array([1.0, 2.0, 3.0, 4.0]))
     assert not peak.bracketed and peak.log_ratio == pytest.approx(np.log10(8))
+    cells = synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0, 1), test_loss=lambda ratio, rng: 10 - ratio)
+    points = double_descent_points(cells, {"fp32": 3.5}, n_boot=20)
+    assert (points["maximum"] == "at grid edge").all() and points["ratio_low"].isna().all()
+    assert (points["n_samples_at_max"] == min(SIZES)).all()
 
 
 def test_attack_on_indistinguishable_losses_scores_one_half():
@@ -132,8 +147,16 @@ def test_the_sigmoid_law_is_recovered_from_planted_points():
     assert fit.rmse < 0.01
 
 
+def test_the_law_is_not_fitted_to_a_degenerate_f1_range_or_outside_its_data():
+    x = np.geomspace(1e-3, 0.1, 12)
+    with pytest.raises(ValueError, match="spans only 0.990-1.000"):
+        fit_law(x, np.linspace(0.99, 1.0, 12))
+    with pytest.raises(ValueError, match="midpoint"):  # still falling at the largest |D|/P measured
+        fit_law(x, law_f1(x, 1.0, -20.0, 0.5))
+
+
 def test_paper_law_reproduces_table2_sizes():
-    """Table 2's |D| (reference notes, section 5) for target F1 0.55/0.75/0.95, within 1%."""
+    """Table 2's |D| (docs/papers.md) for target F1 0.55/0.75/0.95, within 3%."""
     table2 = {(1_556_075_200, 0.55): 170_654_583, (1_556_075_200, 0.75): 76_795_021,
               (1_556_075_200, 0.95): 18_851_574, (123_702_528, 0.55): 13_566_442,
               (123_702_528, 0.75): 6_104_935, (123_702_528, 0.95): 1_498_634}
@@ -142,16 +165,57 @@ def test_paper_law_reproduces_table2_sizes():
     assert samples_for_f1(0.999, 1e6, 1.0, -30, 0.03) is None  # beyond the law's range 0.5..1
 
 
-def test_verdicts_name_agreement_or_the_reason():
-    assert verdict(3.3e5, 3.39e5, []).startswith("agrees")
-    off = verdict(2.0e5, 3.39e5, ["the step budget"])
-    assert off.startswith("off: 41% below") and "step budget" in off
+def test_verdicts_say_agreement_or_distance_and_a_lower_bound():
+    assert verdict(3.3e5, 3.39e5, False) == "agrees: within 3%"
+    assert verdict(2.0e5, 3.39e5, True) == "off: 41% below; measured value is a lower bound"
 
 
-def test_table1_row_is_matched_by_parameter_count():
-    summary = pd.DataFrame([{"model": "1L d32", "precision": "fp32", "n_params": 80_352, "n_seeds": 2,
-                             "capacity_bits": 3.3e5, "bits_per_param": 3.3e5 / 80_352,
-                             "all_saturated": True, "all_bracketed": True}])
-    row = table1_comparison(summary).iloc[0]
-    assert row["paper_capacity_bits"] == 3.39e5 and row["paper_bits_per_param"] == 4.23
-    assert row["verdict"] == "agrees: within 3%"
+def test_table1_row_is_matched_by_config_and_another_config_by_the_mean():
+    base = {"precision": "fp32", "n_seeds": 2, "n_layer": 1, "d_model": 32, "seq_len": 64, "lower_bound": False}
+    summary = pd.DataFrame([{**base, "model": "1L d32", "vocab_size": 2048, "n_params": 80_352,
+                             "capacity_bits": 3.3e5, "bits_per_param": 3.3e5 / 80_352},
+                            {**base, "model": "1L d32 V256 S64", "vocab_size": 256, "n_params": 23_008,
+                             "capacity_bits": 6e4, "bits_per_param": 6e4 / 23_008, "lower_bound": True}])
+    same, other = table1_comparison(summary).to_dict("records")
+    assert same["paper_capacity_bits"] == 3.39e5 and same["paper_bits_per_param"] == 4.23
+    assert same["verdict"] == "agrees: within 3%" and same["compared_with"] == "Table 1 row (same config)"
+    assert pd.isna(other["paper_capacity_bits"]) and other["paper_bits_per_param"] == 3.83
+    assert other["compared_with"].startswith("Table 1 mean α (V = 2048")
+    assert other["verdict"] == "off: 32% below; measured value is a lower bound"
+
+
+def _one_seed_two_models(f1: float) -> pd.DataFrame:
+    """What a one-seed, two-model sweep's load_sweep returns: every cell stopped at max_steps."""
+    cells = synthetic_cells(lambda p, seed, _: 3.0 * p, seeds=(0,))
+    cells = cells[cells["n_params"] < 40_000].reset_index(drop=True)
+    cells["model"] = cells.apply(model_label, axis=1)
+    cells["samples_per_param"] = cells["n_samples"] / cells["n_params"]
+    return cells.assign(mi_f1=f1, cell_id=[f"cell{i}" for i in range(len(cells))], steps=600,
+                        stop_reason="max_steps", tokens_per_sec=1e4, world_size=1, device="cpu", device_name="x86_64")
+
+
+def test_a_one_seed_two_model_report_fits_nothing_it_cannot(tmp_path, monkeypatch):
+    """No intercept fit, no 'mean over seeds', no membership predictions from a degenerate F1
+    range, and the grid and max_steps named in the verdict; a rerun rewrites nothing."""
+    cells = _one_seed_two_models(f1=1.0)
+    monkeypatch.setattr(report, "load_sweep", lambda _: SweepCells(cells, []))
+    built = report.build_report(tmp_path / "sweep", n_boot=20)
+    text = report.write_report(built, tmp_path / "out").read_text()
+    assert "With an intercept" not in text and "No fit with an intercept" in text
+    assert "mean over seeds" not in text.lower()
+    assert "No law fitted to this sweep" in text and "spans only 1.000-1.000" in text
+    assert set(built.tables["membership_predictions"]["law"]) == {"paper (text)"}
+    verdict_text = " ".join(built.summary["verdict"])
+    assert "V = 256, S = 64, 1 layer" in verdict_text and "hit max_steps (600 steps)" in verdict_text
+    assert "step budget" not in text and "shared/reference" not in text
+    assert "| ≥ 24,000 |" in text  # a lower bound is marked in the table
+    legends = [t.get_text() for name, (function, *args) in built.plots.items()
+               for t in getattr(plots, function)(*args).legends[0].get_texts()]
+    assert legends and not any("mean over" in t for t in legends)
+    points = pd.read_csv(tmp_path / "out" / "double_descent.csv")
+    assert points["n_samples_at_max"].dtype.kind == "i"
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = report.build_report(tmp_path / "sweep", n_boot=20)
+    report.write_report(again, tmp_path / "out")
+    assert again.written == [] and mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}

@@ -46,6 +46,28 @@ def test_run_trains_every_cell_and_writes_the_report(sweep):
     assert len(pd.read_csv(report_dir / "double_descent.csv")) == 2
 
 
+def test_the_report_of_a_one_seed_two_model_sweep_fits_only_what_it_can(sweep):
+    """The fixture is one seed x two models: no intercept fit, no 'mean over seeds', no
+    membership predictions from this sweep unless its F1 range determines the law."""
+    text = (sweep / "report" / "report.md").read_text()
+    assert "With an intercept" not in text and "No fit with an intercept" in text
+    assert "mean over seeds" not in text.lower() and "One seed: no confidence intervals" in text
+    assert "V = 256, S = 64, 1 layer" in text and "docs/papers.md" in text and "shared/reference" not in text
+    predictions = pd.read_csv(sweep / "report" / "membership_predictions.csv")
+    fitted = json.loads((sweep / "report" / "report.json").read_text())["membership_law"]["fit"]
+    assert ("this sweep" in set(predictions["law"])) == (fitted is not None)
+    assert (fitted is None) == ("No law fitted to this sweep" in text)
+
+
+def test_a_rerun_over_an_unchanged_sweep_rewrites_nothing(sweep):
+    report_dir = sweep / "report"
+    before = {p.name: p.stat().st_mtime_ns for p in report_dir.iterdir()}
+    report = build_report(sweep, n_boot=200)  # what `memsweep run ... --bootstrap 200` wrote
+    write_report(report, report_dir)
+    assert report.written == []
+    assert before == {p.name: p.stat().st_mtime_ns for p in report_dir.iterdir()}
+
+
 def test_attack_on_a_memorizing_cell_scores_one(sweep):
     cells = pd.read_csv(sweep / "report" / "cells.csv")
     memorized = cells[(cells["n_samples"] == 32) & (cells["memorized_fraction"] > 0.95)]

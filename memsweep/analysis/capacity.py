@@ -1,11 +1,13 @@
-"""Capacity per model and the bits-per-parameter fit (Morris et al. 2025, Def. 5 and section 3).
+"""Capacity per model and the bits-per-parameter fit (Morris et al. 2025, Def. 5 and section 3;
+docs/papers.md).
 
 Capacity of a model = the maximum over dataset sizes N of the memorized bits, per seed; the
-spread over seeds is reported beside the mean. alpha = capacity / parameters is fitted over models
-two ways, both reported: through the origin (the paper's "bits per parameter") and with an
-intercept (which shows whether a fixed cost, e.g. the embeddings, bends the line). The
-confidence intervals come from a bootstrap over seeds: each replicate redraws every model's seeds
-with replacement and refits.
+spread over seeds is reported beside the mean. Each maximum says why it may sit under the true
+capacity (a lower bound): it is at the grid edge, its cell hit max_steps, or it holds nearly all of
+its dataset's bits. alpha = capacity / parameters is fitted over models through the origin (the
+paper's "bits per parameter") and, from 3 models on, also with an intercept (with 2 the line passes
+exactly through both points and says nothing). The confidence intervals come from a bootstrap over
+seeds: each replicate redraws every model's seeds with replacement and refits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ import pandas as pd
 
 MODEL_KEYS = ["n_layer", "d_model", "n_head", "vocab_size", "seq_len"]
 """What makes two cells the same model (precision and seed vary within it)."""
+BRACKETED, AT_GRID_EDGE = "bracketed", "at grid edge"
+"""Where a maximum over N sits: with measured N on both sides, or at the smallest or largest N
+(then the true maximum may lie outside the grid). The same words for every maximum in the report."""
+DATA_CEILING = 0.9
+"""A maximum holding at least this fraction of its dataset's bits is at the data ceiling: the
+model memorized (nearly) all it was given, so it might hold more."""
+MIN_MODELS_FOR_INTERCEPT = 3
+"""A line with an intercept has 2 parameters: through 2 models it is exact, not a fit."""
+
+
+def maximum_position(i: int, n_points: int) -> str:
+    """BRACKETED or AT_GRID_EDGE for the maximum at index i of n_points sorted grid points."""
+    return BRACKETED if 0 < i < n_points - 1 else AT_GRID_EDGE
 
 
 def model_label(row) -> str:
@@ -25,15 +40,17 @@ def model_label(row) -> str:
 
 
 def capacities(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, precision, seed): the capacity and where it was reached.
-
-    `bracketed` is False when the maximum sits at the largest N measured, so a larger dataset
-    might hold more: the capacity is then a lower bound. `saturated` is False when the cell at
-    the maximum stopped at max_steps instead of on its plateau: again a lower bound.
-    """
+    """One row per (model, precision, seed): the capacity, where it was reached, and whether it
+    is a lower bound: at the grid edge, from a cell that hit max_steps (stopped by the step budget,
+    not on its plateau), or at the data ceiling."""
     rows = []
     for key, group in cells.groupby([*MODEL_KEYS, "precision", "seed"], sort=True):
-        best = group.loc[group["memorized_bits"].idxmax()]
+        group = group.sort_values("n_samples")
+        i = int(np.argmax(group["memorized_bits"].to_numpy()))
+        best = group.iloc[i]
+        maximum = maximum_position(i, len(group))
+        hit_max_steps = best.get("stop_reason") == "max_steps"
+        at_ceiling = float(best["memorized_bits"]) >= DATA_CEILING * float(best["dataset_bits"])
         rows.append({
             **dict(zip([*MODEL_KEYS, "precision", "seed"], key)),
             "model": model_label(best),
@@ -41,25 +58,31 @@ def capacities(cells: pd.DataFrame) -> pd.DataFrame:
             "capacity_bits": float(best["memorized_bits"]),
             "bits_per_param": float(best["memorized_bits"]) / float(best["n_params"]),
             "n_samples_at_max": int(best["n_samples"]),
-            "n_sizes": int(group["n_samples"].nunique()),
-            "bracketed": bool(best["n_samples"] < group["n_samples"].max()),
-            "saturated": best.get("stop_reason") == "saturated",
+            "n_sizes": len(group),
+            "maximum": maximum,
+            "hit_max_steps": bool(hit_max_steps),
+            "at_data_ceiling": bool(at_ceiling),
+            "lower_bound": bool(maximum == AT_GRID_EDGE or hit_max_steps or at_ceiling),
         })
     return pd.DataFrame(rows)
 
 
 def capacity_summary(caps: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds, one row per (model, precision)."""
-    grouped = caps.groupby(["model", "precision"], sort=False)
+    """Mean and spread over seeds, one row per (model, precision), with how many seeds' maxima
+    are at the grid edge, hit max_steps or are at the data ceiling."""
+    grouped = caps.assign(edge=caps["maximum"] == AT_GRID_EDGE).groupby(["model", "precision"], sort=False)
     out = grouped.agg(
+        **{k: (k, "first") for k in MODEL_KEYS},
         n_params=("n_params", "first"),
         n_seeds=("seed", "nunique"),
         capacity_bits=("capacity_bits", "mean"),
         capacity_std=("capacity_bits", "std"),
         capacity_min=("capacity_bits", "min"),
         capacity_max=("capacity_bits", "max"),
-        all_bracketed=("bracketed", "all"),
-        all_saturated=("saturated", "all"),
+        seeds_at_grid_edge=("edge", "sum"),
+        seeds_hit_max_steps=("hit_max_steps", "sum"),
+        seeds_at_data_ceiling=("at_data_ceiling", "sum"),
+        lower_bound=("lower_bound", "any"),
     ).reset_index()
     out["bits_per_param"] = out["capacity_bits"] / out["n_params"]
     return out.sort_values(["precision", "n_params"]).reset_index(drop=True)
@@ -75,14 +98,16 @@ class AlphaFit:
     """Through the origin: capacity = alpha * P."""
     alpha_ci: tuple[float, float] | None
     slope: float | None
-    """With an intercept: capacity = slope * P + intercept (needs two model sizes)."""
+    """With an intercept: capacity = slope * P + intercept (None below MIN_MODELS_FOR_INTERCEPT)."""
     intercept: float | None
     slope_ci: tuple[float, float] | None
+    lower_bound: bool
+    """Some capacity in the fit is a lower bound (see capacities), so alpha may be too."""
 
 
 def _fit(p: np.ndarray, c: np.ndarray) -> tuple[float, float | None, float | None]:
     alpha = float(p @ c / (p @ p))
-    if len(np.unique(p)) < 2:
+    if len(np.unique(p)) < MIN_MODELS_FOR_INTERCEPT:
         return alpha, None, None
     slope, intercept = np.polyfit(p, c, 1)
     return alpha, float(slope), float(intercept)
@@ -107,4 +132,5 @@ def fit_alpha(caps: pd.DataFrame, precision: str, n_boot: int = 2000, seed: int 
         alpha_ci = tuple(np.percentile(boot[:, 0], [2.5, 97.5]))
         if slope is not None:
             slope_ci = tuple(np.percentile(boot[:, 1], [2.5, 97.5]))
-    return AlphaFit(precision, len(per_model), n_seeds, alpha, alpha_ci, slope, intercept, slope_ci)
+    return AlphaFit(precision, len(per_model), n_seeds, alpha, alpha_ci, slope, intercept, slope_ci,
+                    lower_bound=bool(sub["lower_bound"].any()))

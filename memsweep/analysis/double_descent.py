@@ -5,8 +5,8 @@ capacity alpha * P, i.e. at a ratio of 1. Per model and precision the test loss 
 is taken at each dataset size; the peak is the vertex of a parabola through the highest point and
 its two neighbours in log(ratio), kept between those neighbours. Its uncertainty comes from a
 bootstrap over seeds (each N's seeds redrawn with replacement), and is never narrower than what
-the grid can resolve. A peak at the smallest or largest N measured is reported but not bracketed:
-the true peak may lie outside the grid.
+the grid can resolve (half a grid step each side). A maximum at the smallest or largest N measured
+is "at grid edge", not a peak: the true peak may lie outside the grid, so it gets no interval.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from memsweep.analysis.capacity import BRACKETED, maximum_position
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Peak:
 def locate_peak(log_ratio: np.ndarray, loss: np.ndarray) -> Peak:
     """The interpolated maximum of loss(log_ratio); the points must be sorted by log_ratio."""
     i = int(np.argmax(loss))
-    if i == 0 or i == len(loss) - 1:
+    if maximum_position(i, len(loss)) != BRACKETED:
         return Peak(float(log_ratio[i]), bracketed=False)
     x, y = log_ratio[i - 1 : i + 2], loss[i - 1 : i + 2]
     a, b, _ = np.polyfit(x, y, 2)
@@ -38,7 +40,7 @@ def locate_peak(log_ratio: np.ndarray, loss: np.ndarray) -> Peak:
 def test_loss_curves(cells: pd.DataFrame, alpha: dict[str, float]) -> pd.DataFrame:
     """Test and train loss per (model, precision, N): mean and spread over seeds, with the
     dataset-to-capacity ratio computed with the precision's alpha."""
-    curves = (cells.groupby(["model", "precision", "n_params", "n_samples"], sort=True)
+    curves = (cells.groupby(["model", "precision", "n_params", "vocab_size", "n_samples"], sort=True)
               .agg(dataset_bits=("dataset_bits", "first"), test_loss=("test_loss", "mean"),
                    test_loss_std=("test_loss", "std"), train_loss=("train_loss", "mean"),
                    n_seeds=("seed", "nunique"))
@@ -49,7 +51,8 @@ def test_loss_curves(cells: pd.DataFrame, alpha: dict[str, float]) -> pd.DataFra
 
 def double_descent_points(cells: pd.DataFrame, alpha: dict[str, float], n_boot: int = 1000,
                           seed: int = 0) -> pd.DataFrame:
-    """One row per (model, precision) with at least 3 dataset sizes: the located peak."""
+    """One row per (model, precision) with at least 3 dataset sizes: where test loss is highest,
+    `maximum` saying whether that is a bracketed peak or at the grid edge."""
     rng = np.random.default_rng(seed)
     rows = []
     for (model, precision), group in cells.groupby(["model", "precision"], sort=True):
@@ -60,18 +63,24 @@ def double_descent_points(cells: pd.DataFrame, alpha: dict[str, float], n_boot: 
         per_size = [group.loc[group["n_samples"] == n, "test_loss"].to_numpy(float) for n in sizes]
         bits = np.array([group.loc[group["n_samples"] == n, "dataset_bits"].iloc[0] for n in sizes])
         log_ratio = np.log10(bits / (alpha[precision] * n_params))
-        peak = locate_peak(log_ratio, np.array([s.mean() for s in per_size]))
-        grid_step = float(np.median(np.diff(log_ratio)))
-        boot = [locate_peak(log_ratio, np.array([rng.choice(s, len(s)).mean() for s in per_size])).log_ratio
-                for _ in range(n_boot)] if min(map(len, per_size)) >= 2 else []
-        low, high = np.percentile(boot, [2.5, 97.5]) if boot else (peak.log_ratio, peak.log_ratio)
-        low, high = min(low, peak.log_ratio - grid_step / 2), max(high, peak.log_ratio + grid_step / 2)
-        i = int(np.argmax([s.mean() for s in per_size]))
+        means = np.array([s.mean() for s in per_size])
+        peak = locate_peak(log_ratio, means)
+        i = int(np.argmax(means))
+        low = high = float("nan")
+        if peak.bracketed:
+            grid_step = float(np.median(np.diff(log_ratio)))
+            boot = [locate_peak(log_ratio, np.array([rng.choice(s, len(s)).mean() for s in per_size])).log_ratio
+                    for _ in range(n_boot)] if min(map(len, per_size)) >= 2 else []
+            low, high = np.percentile(boot, [2.5, 97.5]) if boot else (peak.log_ratio, peak.log_ratio)
+            low, high = 10 ** min(low, peak.log_ratio - grid_step / 2), 10 ** max(high, peak.log_ratio + grid_step / 2)
+        ratio = 10 ** peak.log_ratio
         rows.append({
             "model": model, "precision": precision, "n_params": int(n_params),
-            "peak_ratio": 10 ** peak.log_ratio, "ratio_low": 10 ** low, "ratio_high": 10 ** high,
-            "peak_n_samples": 10 ** peak.log_ratio * alpha[precision] * n_params / (bits[0] / sizes[0]),
-            "peak_test_loss": float(per_size[i].mean()), "bracketed": peak.bracketed,
+            "maximum": maximum_position(i, len(sizes)),
+            "ratio_at_max": ratio, "ratio_low": low, "ratio_high": high,
+            "n_samples_at_max": int(round(ratio * alpha[precision] * n_params / (bits[0] / sizes[0])))
+            if peak.bracketed else int(sizes[i]),
+            "test_loss_at_max": float(means[i]),
             "n_sizes": len(sizes), "n_seeds": min(map(len, per_size)),
         })
     return pd.DataFrame(rows)

@@ -14,9 +14,11 @@ Two thresholds are reported:
 - oracle: the best F1 over all thresholds on the evaluation split itself, an upper bound.
 AUC (threshold-free) is on the evaluation split.
 
-The law, as reconstructed in ../shared/reference/morris2025.md section 5 (the printed form swaps
-c2 and c3 and cannot reach 0.5): F1 = 1/2 [1 + c1 sigma(c2 (|D|/P - c3))], |D| the number of
-training sequences and P the raw parameter count; the paper's constants are (1.34, -33.14, 0.034).
+The law, as it really fits the paper's Table 2 (docs/papers.md; the printed form swaps c2 and c3
+and cannot reach 0.5): F1 = 1/2 [1 + c1 sigma(c2 (|D|/P - c3))], |D| the number of training
+sequences and P the raw parameter count; the paper's constants are (1.34, -33.14, 0.034). A sweep
+whose F1 barely varies (on random tokens often F1 ~ 1 everywhere) cannot determine the three
+constants, and a midpoint c3 outside the measured |D|/P is an extrapolation: neither is fitted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ PAPER_LAW = (1.34, -33.14, 0.034)
 GPT2_SIZES = {"GPT-2 small config (paper: 'GPT2-Medium')": 123_702_528, "GPT-2 XL": 1_556_075_200}
 """The two models of the paper's Table 2, with its parameter counts (n_positions = 64)."""
 TARGET_F1 = (0.55, 0.75, 0.95)
+MIN_F1_SPAN = 0.1
+"""The law is fitted only when the measured F1 spans at least this much (its rise is what sets
+c1, c2 and c3)."""
 
 
 @dataclass(frozen=True)
@@ -131,10 +136,16 @@ def fit_law(samples_per_param: np.ndarray, f1: np.ndarray) -> LawFit:
     x, y = np.asarray(samples_per_param, float), np.asarray(f1, float)
     if len(np.unique(x)) < 3:
         raise ValueError(f"fitting the membership law needs cells at 3 or more values of |D|/P, got {len(np.unique(x))}")
+    if y.max() - y.min() < MIN_F1_SPAN:
+        raise ValueError(f"the measured F1 spans only {y.min():.3f}-{y.max():.3f} (less than {MIN_F1_SPAN}), "
+                         "which does not determine the sigmoid's height, slope and midpoint")
     mid = x[np.argmin(np.abs(y - (y.min() + y.max()) / 2))]
     start = (PAPER_LAW[0], PAPER_LAW[1] * PAPER_LAW[2] / max(mid, 1e-12), mid)
     params, _ = curve_fit(law_f1, x, y, p0=start, maxfev=20000,
                           bounds=([0.0, -np.inf, 0.0], [2.0, 0.0, np.inf]))
+    if not x.min() <= params[2] <= x.max():
+        raise ValueError(f"the fitted midpoint |D|/P = {params[2]:.3g} lies outside the measured "
+                         f"{x.min():.3g}-{x.max():.3g}: the sweep does not contain the F1 transition")
     rmse = float(np.sqrt(np.mean((law_f1(x, *params) - y) ** 2)))
     return LawFit(*map(float, params), rmse=rmse, n_cells=len(x))
 

@@ -1,13 +1,15 @@
 """`memsweep report`: a sweep dir in, tidy tables + PNG figures + a Markdown report out.
 
 `build_report` only computes (tables, fitted numbers, what is missing); `write_report` writes the
-files; memsweep.analysis.wandb_report sends the same Report to W&B. A partial sweep reports what
-it has and lists what it lacks; a section that needs more cells than there are says so instead
-of failing.
+files, leaving every file whose bytes would not change untouched (so a rerun over an unchanged
+sweep rewrites nothing); memsweep.analysis.wandb_report sends the same Report to W&B. A partial
+sweep reports what it has and lists what it lacks; a section that needs more cells than there are,
+or whose fit would be exact or undetermined, says so instead of printing the numbers.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,16 +18,28 @@ import numpy as np
 import pandas as pd
 
 from memsweep.analysis import plots
-from memsweep.analysis.capacity import capacities, capacity_summary, fit_alpha
+from memsweep.analysis.capacity import DATA_CEILING, MIN_MODELS_FOR_INTERCEPT, capacities, capacity_summary, fit_alpha
 from memsweep.analysis.cells import load_sweep
 from memsweep.analysis.double_descent import double_descent_points, test_loss_curves
 from memsweep.analysis.membership import GPT2_SIZES, PAPER_LAW, TARGET_F1, LawFit, fit_law, samples_for_f1
-from memsweep.analysis.paper import PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, table1_comparison
+from memsweep.analysis.paper import (PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, grid_facts,
+                                     table1_comparison, verdict_lines)
 from memsweep.analysis.throughput import throughput_summary, throughput_table
 from memsweep.cell import PER_SAMPLE_FILE
 
 REPORT_DIR = "report"
 """Default output: <sweep dir>/report/."""
+WORDS = (
+    "**bracketed**: a maximum over N with measured N on both sides of it.",
+    "**at grid edge**: a maximum at the smallest or largest N measured; the true maximum may lie "
+    "outside the grid. A test-loss maximum at the grid edge is not called a peak.",
+    "**peak**: a bracketed test-loss maximum, interpolated between its neighbours.",
+    "**hit max_steps**: the cell stopped at `trainer.max_steps`, not on its plateau.",
+    f"**at the data ceiling**: the maximum holds ≥ {DATA_CEILING:.0%} of its dataset's bits.",
+    "**lower bound** (≥ in the tables, an upward triangle in the figures): a capacity at grid edge, "
+    "from a cell that hit max_steps, or at the data ceiling; the true capacity may be higher.",
+)
+"""The report's vocabulary, each word defined once and used for nothing else."""
 
 
 @dataclass
@@ -34,24 +48,26 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     """Tidy tables by name; each is written as <name>.csv."""
     summary: dict = field(default_factory=dict)
-    """The headline numbers (alpha per precision, gap, peaks, law), also report.json."""
+    """The headline numbers (alpha per precision, gap, peaks, law, grid, verdict), also report.json."""
     notes: list[str] = field(default_factory=list)
     """What could not be computed, and why (a partial sweep, too few sizes, ...)."""
     plots: dict[str, tuple] = field(default_factory=dict)
     """Figures to draw: name -> (function in memsweep.analysis.plots, its arguments)."""
     figures: dict[str, Path] = field(default_factory=dict)
-    """Drawn figures: name -> PNG path (filled by render_figures)."""
+    """Drawn figures: name -> PNG path (filled by write_report)."""
+    written: list[str] = field(default_factory=list)
+    """The files write_report changed (empty: the report on disk was already this one)."""
 
 
 def _membership_law(cells: pd.DataFrame, report: Report) -> LawFit | None:
     if "mi_f1" not in cells:
-        report.notes.append(f"membership law not fitted: no done cell kept its {PER_SAMPLE_FILE}")
+        report.summary["membership_law"]["not_fitted"] = f"no done cell kept its {PER_SAMPLE_FILE}"
         return None
     scored = cells.dropna(subset=["mi_f1"])
     try:
         return fit_law(scored["samples_per_param"].to_numpy(), scored["mi_f1"].to_numpy())
-    except (ValueError, RuntimeError) as err:  # too few cells, or scipy's curve_fit gave up
-        report.notes.append(f"membership law not fitted: {err}")
+    except (ValueError, RuntimeError) as err:  # too few cells, a degenerate F1 range, or curve_fit gave up
+        report.summary["membership_law"]["not_fitted"] = str(err)
         return None
 
 
@@ -64,7 +80,7 @@ def _predicted_sizes(law: LawFit | None) -> pd.DataFrame:
             for target in TARGET_F1:
                 n = samples_for_f1(target, n_params, *constants)
                 rows.append({"law": label, "model": model, "n_params": n_params, "target_f1": target,
-                             "training_sequences": n})
+                             "training_sequences": round(n) if n is not None else None})
     return pd.DataFrame(rows)
 
 
@@ -80,6 +96,7 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
         report.notes.append("no cell has finished: nothing to analyse yet")
         return report
     report.tables["cells"] = cells
+    report.summary["grid"] = grid = grid_facts(cells)
 
     caps = capacities(cells)
     summary = capacity_summary(caps)
@@ -89,21 +106,21 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
     report.summary["alpha"] = {p: asdict(f) for p, f in fits.items()}
     if "fp32" in fits and "bf16" in fits:
         report.summary["alpha_bf16_minus_fp32"] = fits["bf16"].alpha - fits["fp32"].alpha
-    if any(not row.all_bracketed or not row.all_saturated for row in summary.itertuples()):
-        report.notes.append("some capacities are lower bounds: their best cell stopped at max_steps, or the "
-                            "largest N measured held the most bits (columns all_saturated, all_bracketed)")
+    report.summary["verdict"] = verdict_lines(grid, summary, caps, fits)
 
     alpha = {p: f.alpha for p, f in fits.items()}
     report.tables["loss_curves"] = test_loss_curves(cells, alpha)
     points = double_descent_points(cells, alpha, n_boot=min(n_boot, 1000))
     report.tables["double_descent"] = points
     if points.empty:
-        report.notes.append("double descent: no (model, precision) has the 3 dataset sizes a peak needs")
-    report.summary["double_descent_peak_ratios"] = points[["model", "precision", "peak_ratio", "ratio_low",
-                                                           "ratio_high", "bracketed"]].to_dict("records") if len(points) else []
+        report.notes.append("double descent: no (model, precision) has the 3 dataset sizes a maximum needs")
+    report.summary["double_descent"] = (points.drop(columns=["n_params"]).astype(object)
+                                        .where(points.notna(), None).to_dict("records")  # no interval: null, not NaN
+                                        if len(points) else [])
 
+    report.summary["membership_law"] = {"paper": dict(zip(("c1", "c2", "c3"), PAPER_LAW))}
     law = _membership_law(cells, report)
-    report.summary["membership_law"] = {"fit": asdict(law) if law else None, "paper": dict(zip(("c1", "c2", "c3"), PAPER_LAW))}
+    report.summary["membership_law"]["fit"] = asdict(law) if law else None
     report.tables["membership_predictions"] = _predicted_sizes(law)
 
     report.tables["table1_comparison"] = table1_comparison(summary)
@@ -121,45 +138,96 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
     return report
 
 
-def render_figures(report: Report, out_dir: Path) -> None:
-    for name, (function, *args) in report.plots.items():
-        report.figures[name] = getattr(plots, function)(*args, out_dir / f"{name}.png")
+def _number(v: float) -> str:
+    """A float for people: integers with thousands separators, else 3 significant digits."""
+    if not np.isfinite(v):
+        return str(v)
+    if v == int(v) or abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def _md_cell(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    if isinstance(v, (float, np.floating)):
+        return _number(float(v))
+    if isinstance(v, tuple):
+        return "–".join(_number(x) for x in v)
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame | None, columns: list[str] | None = None) -> str:
+    """A Markdown table of `columns` (all by default); capacities that are lower bounds get ≥."""
     if df is None or df.empty:
         return "_none_\n"
-
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and pd.isna(v)):
-            return "–"
-        if isinstance(v, float):
-            return format(v, ",.4g")
-        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            return format(v, ",")
-        if isinstance(v, tuple):
-            return "–".join(format(x, ".3g") for x in v)
-        return str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    rows = df[[c for c in (columns or df.columns) if c in df.columns]]
+    bounded = df["lower_bound"].to_numpy(bool) if "lower_bound" in df else np.zeros(len(df), bool)
+    lines = ["| " + " | ".join(rows.columns) + " |", "|" + "---|" * len(rows.columns)]
+    for lower, row in zip(bounded, rows.itertuples(index=False)):
+        cells = [("≥ " if lower and name in ("capacity_bits", "bits_per_param") else "") + _md_cell(v)
+                 for name, v in zip(rows.columns, row)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _alpha_lines(report: Report) -> list[str]:
     lines = []
     for p, f in report.summary.get("alpha", {}).items():
-        ci = f"95% CI {f['alpha_ci'][0]:.2f}–{f['alpha_ci'][1]:.2f} (bootstrap over seeds)" if f["alpha_ci"] else "no CI (one seed)"
-        line = f"- **{p}: α = {f['alpha']:.2f} bits/param** through the origin, {ci}; {f['n_models']} models, ≥{f['n_seeds']} seeds each"
-        if f["slope"] is not None:
-            sci = f", slope CI {f['slope_ci'][0]:.2f}–{f['slope_ci'][1]:.2f}" if f["slope_ci"] else ""
-            line += f". With an intercept: {f['slope']:.2f} bits/param {f['intercept']:+,.0f} bits{sci}"
+        bound = " (a lower bound: some capacity in it is one)" if f["lower_bound"] else ""
+        if f["n_models"] == 1:
+            line = f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}: one model, so α is its capacity / P, not a fit"
+        else:
+            ci = f"95% CI {f['alpha_ci'][0]:.2f}–{f['alpha_ci'][1]:.2f} (bootstrap over seeds)" if f["alpha_ci"] \
+                else "no confidence interval (one seed)"
+            line = f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}, fitted through the origin over {f['n_models']} " \
+                   f"models, {ci}"
+            if f["slope"] is None:
+                line += (f". No fit with an intercept: it needs {MIN_MODELS_FOR_INTERCEPT} or more models "
+                         f"(through {f['n_models']} points a 2-parameter line is exact)")
+            else:
+                sci = f", slope 95% CI {f['slope_ci'][0]:.2f}–{f['slope_ci'][1]:.2f}" if f["slope_ci"] else ""
+                line += f". With an intercept: {f['slope']:.2f} bits/param {f['intercept']:+,.0f} bits{sci}"
         paper = TABLE1_MEAN_ALPHA.get(p)
         lines.append(line + (f". Paper (Table 1 mean, {p}): {paper}." if paper else "."))
     if "alpha_bf16_minus_fp32" in report.summary:
         lines.append(f"- bf16 − fp32: {report.summary['alpha_bf16_minus_fp32']:+.2f} bits/param "
                      f"(paper: {TABLE1_MEAN_ALPHA['bf16'] - TABLE1_MEAN_ALPHA['fp32']:+.2f})")
     return lines
+
+
+def _double_descent_text(points: pd.DataFrame) -> list[str]:
+    text = ["Test loss against dataset bits / (α·P), α fitted above per precision; the paper puts the peak "
+            "at 1. A peak's interval is a bootstrap over seeds, never narrower than half a grid step each side"]
+    if len(points) and points["n_seeds"].min() < 2:
+        text[0] += " (with one seed it is only that grid resolution, not a confidence interval)"
+    return [text[0] + ". A maximum at grid edge is not a peak and has no interval.", "",
+            _md_table(points, ["model", "precision", "maximum", "ratio_at_max", "ratio_low", "ratio_high",
+                               "n_samples_at_max", "test_loss_at_max", "n_sizes", "n_seeds"])]
+
+
+def _membership_text(report: Report) -> list[str]:
+    law = report.summary["membership_law"]
+    if law["fit"]:
+        f = law["fit"]
+        head = (f"Fitted law F1 = ½[1 + c1 σ(c2 (|D|/P − c3))] over {f['n_cells']} cells: c1 = {f['c1']:.3g}, "
+                f"c2 = {f['c2']:.4g}, c3 = {f['c3']:.4g} (RMSE {f['rmse']:.3f}); the paper's, fitted on text: "
+                "1.34, −33.14, 0.034.")
+    else:
+        head = (f"No law fitted to this sweep, and so no predictions from it: {law['not_fitted']}. "
+                "Only the paper's law (fitted on text) is used below.")
+    return [head, "", "Training sequences |D| predicted for a target F1 at the sizes of the paper's Table 2:", "",
+            _md_table(report.tables["membership_predictions"])]
+
+
+def _capacity_columns(summary: pd.DataFrame) -> list[str]:
+    spread = ["capacity_std", "capacity_min", "capacity_max"] if summary["n_seeds"].max() >= 2 else []
+    return ["model", "precision", "n_params", "n_seeds", "capacity_bits", *spread, "bits_per_param",
+            "seeds_at_grid_edge", "seeds_hit_max_steps", "seeds_at_data_ceiling", "lower_bound"]
 
 
 def markdown(report: Report) -> str:
@@ -176,37 +244,61 @@ def markdown(report: Report) -> str:
         out += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
     if "cells" not in t:
         return "\n".join(out)
-    fig = lambda name, alt: [f"![{alt}]({name}.png)", ""] if name in report.figures else []  # noqa: E731
+    out += ["## Verdict", ""] + [f"- {line}" for line in s["verdict"]] + [""]
+    out += ["## Words used in this report", ""] + [f"- {w}" for w in WORDS] + [""]
+    fig = lambda name, alt: [f"![{alt}]({name}.png)", ""] if name in report.plots else []  # noqa: E731
     out += ["## Capacity", ""] + fig("capacity_curves", "capacity curves") + fig("alpha_fit", "alpha fit")
-    out += _alpha_lines(report) + ["", _md_table(t["capacity_summary"])]
-    out += ["## Against the paper", "", "Table 1 (Morris et al. 2025; rows via ../shared/reference/morris2025.md):", "",
+    out += _alpha_lines(report) + ["", _md_table(t["capacity_summary"], _capacity_columns(t["capacity_summary"]))]
+    out += ["## Against the paper", "",
+            "Morris et al. 2025, Table 1 (its rows and means are in docs/papers.md):", "",
             _md_table(t["table1_comparison"]), "App. A.1's expected memorization min(3.642 P, H) beside the measured "
-            "(mean over seeds):", "", _md_table(t["appendix_a1_comparison"]),
+            f"({'mean over seeds' if t['cells']['seed'].nunique() >= 2 else 'one seed'}):", "",
+            _md_table(t["appendix_a1_comparison"]),
             "Where the paper disagrees with itself:", ""] + [f"- {n}" for n in PAPER_INCONSISTENCIES] + [""]
-    out += ["## Double descent", ""] + fig("double_descent", "double descent")
-    out += ["Peak of test loss against dataset bits / (α P), α fitted above per precision; the paper puts it at 1.", "",
-            _md_table(t["double_descent"])]
-    law = s["membership_law"]["fit"]
-    out += ["## Membership inference", ""] + fig("membership", "membership inference")
-    if law:
-        out += [f"Fitted law F1 = ½[1 + c1 σ(c2 (|D|/P − c3))] over {law['n_cells']} cells: c1 = {law['c1']:.3g}, "
-                f"c2 = {law['c2']:.4g}, c3 = {law['c3']:.4g} (RMSE {law['rmse']:.3f}); the paper's, fitted on text: "
-                f"1.34, −33.14, 0.034.", ""]
-    out += ["Training sequences |D| predicted for a target F1 (the paper's Table 2 sizes):", "",
-            _md_table(t["membership_predictions"])]
+    out += ["## Double descent", ""] + fig("double_descent", "double descent") + _double_descent_text(t["double_descent"])
+    out += ["## Membership inference", ""] + fig("membership", "membership inference") + _membership_text(report)
     out += ["## Throughput", ""] + fig("throughput", "throughput") + [_md_table(t["throughput_summary"])]
-    out += ["## Files", "", "Every table above is a CSV beside this file; `cells.csv` has one row per finished cell "
-            "(result.json plus the attack's scores), `report.json` the headline numbers.", ""]
+    out += ["## Files", "", "Every table above is a CSV beside this file, at full precision; `cells.csv` has one row "
+            "per finished cell (result.json plus the attack's scores), `report.json` the headline numbers.", ""]
     return "\n".join(out)
 
 
+def _integral(df: pd.DataFrame) -> pd.DataFrame:
+    """Float columns that hold only whole numbers (counts next to a missing value) as integers."""
+    out = df.copy()
+    for name in out.columns:
+        col = out[name]
+        if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all():
+            out[name] = col.astype("Int64")
+    return out
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})  # no version: same bytes
+    plots.plt.close(figure)
+    return buffer.getvalue()
+
+
+def _write_if_changed(path: Path, data: bytes, report: Report) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    path.write_bytes(data)
+    report.written.append(path.name)
+
+
 def write_report(report: Report, out_dir: Path) -> Path:
-    """Write the figures, the CSVs, report.json and report.md into out_dir; returns report.md."""
+    """Write the figures, the CSVs, report.json and report.md into out_dir, each only if its
+    bytes differ from the file there; returns report.md (report.written lists what changed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    render_figures(report, out_dir)
+    report.written = []
+    for name, (function, *args) in report.plots.items():
+        report.figures[name] = out_dir / f"{name}.png"
+        _write_if_changed(report.figures[name], _png(getattr(plots, function)(*args)), report)
     for name, table in report.tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-    (out_dir / "report.json").write_text(json.dumps({**report.summary, "notes": report.notes}, indent=2, default=str))
+        _write_if_changed(out_dir / f"{name}.csv", _integral(table).to_csv(index=False).encode(), report)
+    summary = json.dumps({**report.summary, "notes": report.notes}, indent=2, default=str)
+    _write_if_changed(out_dir / "report.json", summary.encode(), report)
     path = out_dir / "report.md"
-    path.write_text(markdown(report))
+    _write_if_changed(path, markdown(report).encode(), report)
     return path

@@ -31,6 +31,14 @@ def device_peak(device_name: str | None, precision: str) -> float | None:
     return None
 
 
+def device_label(device: str | None, device_name: str | None) -> str:
+    """A device as a person names it: 'NVIDIA H100 80GB HBM3', or 'CPU (x86_64)' where the record
+    has only the machine's architecture for a CPU."""
+    if isinstance(device, str) and device.startswith("cpu"):
+        return f"CPU ({device_name})" if device_name and device_name != "cpu" else "CPU"
+    return device_name or (device if isinstance(device, str) else "unknown device")
+
+
 def throughput_table(cells: pd.DataFrame, peak_flops: float | None = None) -> pd.DataFrame:
     """Per cell: tokens/s per device, achieved FLOP/s per device and MFU (None without a peak)."""
     rows = []
@@ -44,7 +52,7 @@ def throughput_table(cells: pd.DataFrame, peak_flops: float | None = None) -> pd
         device_name = c.get("device_name") if isinstance(c.get("device_name"), str) else None
         peak = peak_flops or device_peak(device_name, str(c["precision"]))
         rows.append({"cell_id": c["cell_id"], "model": c["model"], "n_params": int(c["n_params"]),
-                     "precision": c["precision"], "device": device_name or c.get("device"),
+                     "precision": c["precision"], "device": device_label(c.get("device"), device_name),
                      "world_size": world, "tokens_per_sec_per_device": per_device,
                      "tflops_per_device": flops / 1e12, "mfu": flops / peak if peak else None})
     return pd.DataFrame(rows)
