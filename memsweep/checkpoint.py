@@ -24,6 +24,7 @@ from typing import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from memsweep.record import fsync_dir
 
@@ -45,6 +46,19 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class DirectCheckpointIO(TorchCheckpointIO):
+    """`torch.save` straight into the partial file that `save_checkpoint` renames into place.
+    Lightning's default buffers the whole checkpoint in memory, writes it to the system temp dir
+    (fsspec's local transaction) and copies it over: every checkpoint is written twice, twice the
+    memory is needed, and a full /tmp fails the cell. memsweep's rename already makes it atomic."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with open(path, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops", "callbacks")

@@ -231,6 +231,10 @@ def trainer_kwargs(precision: str, accelerator: str, devices: int, num_nodes: in
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    if kind != "deepspeed":  # DeepSpeed writes its own checkpoint directories
+        from memsweep.checkpoint import DirectCheckpointIO
+
+        plugins.append(DirectCheckpointIO())
     return {
         "accelerator": accelerator,
         "devices": devices,

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from memsweep.checkpoint import DirectCheckpointIO
 from memsweep.config import ConfigError, TrainerConfig
 from memsweep.data import ShuffledBatches, TokenRows, random_tokens
 from memsweep.model import GPT, GPTConfig
@@ -67,8 +68,9 @@ def kwargs(precision="fp32", accelerator="gpu", devices=1, num_nodes=1, strategy
 
 def test_small_cell_on_one_device_uses_the_default_strategy():
     got = kwargs(accelerator="cpu", n_params=80_352)
-    assert got == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
-                   "precision": "32-true", "plugins": []}
+    (checkpoint_io,) = got.pop("plugins")
+    assert got == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"}
+    assert isinstance(checkpoint_io, DirectCheckpointIO)  # no copy through the system temp dir
 
 
 @pytest.mark.parametrize("devices,num_nodes", [(2, 1), (1, 2), (4, 2)])
@@ -166,7 +168,7 @@ def test_slurm_allocation_check():
 def test_under_slurm_lightning_does_not_own_the_requeue_signal():
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    (plugin,) = kwargs(devices=2, environ=SRUN_2x1)["plugins"]
+    plugin, _ = kwargs(devices=2, environ=SRUN_2x1)["plugins"]
     assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue is False
     with pytest.raises(ConfigError, match="#19883"):
         kwargs(devices=4, environ=SRUN_2x1)
