@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from memsweep.checkpoint import checkpoint_dir, checkpoints, file_sha256, step_of
+from memsweep.checkpoint import checkpoint_dir, checkpoints, step_of
 from memsweep.claim import read_claim
 from memsweep.config import ConfigError
 from memsweep.launcher import array_plan, job_states, read_max_array_size, submit_cells
@@ -88,13 +88,13 @@ def live_states(job_ids: list[str]) -> dict[str, str]:
     return {**job_states([j for j in job_ids if j not in queued]), **{j: queued[j] for j in job_ids if j in queued}}
 
 
-def plant_unloadable_checkpoint(cell_dir: Path) -> Path:
-    """A checkpoint with a valid digest that torch cannot load (as one written by an incompatible
-    version would be): the cell fails deterministically when it resumes from it, inside the job."""
-    path = checkpoint_dir(cell_dir) / "step-000000010.ckpt"
+def plant_a_file_where_checkpoints_go(cell_dir: Path) -> Path:
+    """A file where the cell's checkpoints/ directory must be: the cell fails deterministically at
+    its first checkpoint, inside the job. (An unloadable checkpoint no longer fails a cell: it is
+    set aside for the one before, tests/test_faults.py.)"""
+    path = checkpoint_dir(cell_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"not a checkpoint: written by an incompatible version of memsweep\n")
-    path.with_name(path.name + ".sha256").write_text(file_sha256(path) + "\n")
+    path.write_text("a file, not a directory\n")
     return path
 
 
@@ -108,7 +108,7 @@ def smoke(cluster, tmp_path_factory):
     plan = plan_sweep(SMOKE, sweep)
     write_plan(plan)
     bad = plan.cells[0].cell_dir  # first in its job: its partner must still run
-    plant_unloadable_checkpoint(bad)
+    plant_a_file_where_checkpoints_go(bad)
     began = time.monotonic()
     out = memsweep("submit", *SMOKE, "--sweep-dir", str(sweep), "--cells-per-job", "2").stdout
     returned_after = time.monotonic() - began
@@ -144,7 +144,7 @@ def test_submit_exits_while_jobs_are_queued_then_every_cell_finishes(smoke_finis
     # The failing cell says so, with its error and traceback, and its job is FAILED in SLURM,
     # while the other cell of the same job finished.
     failed = result(smoke["bad"])
-    assert failed["status"] == "failed" and "UnpicklingError" in failed["error"], failed.get("error")
+    assert failed["status"] == "failed" and "FileExistsError" in failed["error"], failed.get("error")
     assert "Traceback" in failed["traceback"]
     bad_job = slurm_json(smoke["bad"])
     partner = [c.cell_dir for c in smoke["plan"].cells if slurm_json(c.cell_dir)["job_id"] == bad_job["job_id"]]
@@ -171,7 +171,7 @@ def test_retry_failed_reruns_only_the_failed_cell(smoke_finished):
     smoke = smoke_finished
     bad, cells = smoke["bad"], [c.cell_dir for c in smoke["plan"].cells]
     done_before = {c: (c / "result.json").read_bytes() for c in cells if c != bad}
-    shutil.rmtree(checkpoint_dir(bad))  # the cause is fixed; now run it again
+    checkpoint_dir(bad).unlink()  # the cause is fixed; now run it again
     out = memsweep("submit", *SMOKE, "--sweep-dir", str(smoke["dir"]), "--retry-failed").stdout
     assert "queued 1 in 1 jobs" in out, out
     kept = list(bad.glob("result.failed-*.json"))
