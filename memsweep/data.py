@@ -27,16 +27,15 @@ TRAIN_BRANCH, HELDOUT_BRANCH = 0, 1
 def _allocated_memmap(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
     """A .npy memory map whose blocks are allocated now: a sparse file would die of SIGBUS when
     the disk fills while it is written; allocating up front turns that into a clear OSError."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()  # header; data sparse
     with open(path, "r+b") as fh:
         try:
             os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
         except OSError as err:
-            del out
             path.unlink(missing_ok=True)
             raise OSError(err.errno, f"cannot allocate the {shape[0]:,}-row token memory map {path}: "
                           f"{err.strerror}") from None
-    return out
+    return np.load(path, mmap_mode="r+")
 
 
 def random_tokens(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -32,3 +36,23 @@ def small_cell():
         return cell_config(compose_config([*SMALL, *overrides]))
 
     return make
+
+
+LOCAL_SLURM = Path(__file__).resolve().parents[1] / "launch" / "local-slurm"
+APT_FAILED = 3  # launch/local-slurm's exit code when the packages cannot be installed
+
+
+def local_slurm(command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LOCAL_SLURM), command], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The real one-node SLURM of launch/local-slurm (root only), started if it is not up and left
+    running for the tests after."""
+    if os.geteuid() != 0:
+        pytest.skip("launch/local-slurm needs root: it installs packages and starts daemons")
+    started = local_slurm("start")
+    if started.returncode == APT_FAILED:
+        pytest.skip(f"apt-get could not install the SLURM packages:\n{started.stderr[-2000:]}")
+    assert started.returncode == 0, f"launch/local-slurm start failed:\n{started.stderr}"

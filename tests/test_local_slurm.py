@@ -5,37 +5,21 @@ The cluster is left running at the end: later tests submit to it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "local-slurm"
-APT_FAILED = 3  # launch/local-slurm's exit code when the packages cannot be installed
+from tests.conftest import local_slurm
+
 
 pytestmark = pytest.mark.slurm
 
-
-def local_slurm(command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def run(*args: str) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.skip("launch/local-slurm needs root: it installs packages and starts daemons")
-    started = local_slurm("start")
-    if started.returncode == APT_FAILED:
-        pytest.skip(f"apt-get could not install the SLURM packages:\n{started.stderr[-2000:]}")
-    assert started.returncode == 0, f"launch/local-slurm start failed:\n{started.stderr}"
 
 
 def job_state(job_id: str) -> str:

@@ -9,7 +9,6 @@ a few hundred steps) because the machine has 2 shared cores.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,21 +26,10 @@ from memsweep.submit_cli import check_allocation, launch_settings
 from memsweep.sweep import plan_sweep, write_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "launch" / "local-slurm"
-APT_FAILED = 3
 SMOKE = ["experiment=smoke", "cluster=slurm-local", "resources=cpu"]
 LOCAL = {"partition": "debug", "timeout_min": 10, "cpus_per_task": 1, "name": "memsweep-test"}
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.skip("launch/local-slurm needs root: it installs packages and starts daemons")
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
-    if started.returncode == APT_FAILED:
-        pytest.skip(f"apt-get could not install the SLURM packages:\n{started.stderr[-2000:]}")
-    assert started.returncode == 0, f"launch/local-slurm start failed:\n{started.stderr}"
 
 
 def memsweep(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ is `python benchmarks/soak.py --cells 50 --faults 20` (see its docstring).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,20 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = ROOT / "benchmarks" / "soak.py"
-SCRIPT = ROOT / "launch" / "local-slurm"
-APT_FAILED = 3
 KINDS = ("kill9", "scancel", "requeue", "corrupt", "usr2")
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    """As in tests/test_slurm_sweep.py: start the cluster (root only), leave it running."""
-    if os.geteuid() != 0:
-        pytest.skip("launch/local-slurm needs root: it installs packages and starts daemons")
-    started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=600)
-    if started.returncode == APT_FAILED:
-        pytest.skip(f"apt-get could not install the SLURM packages:\n{started.stderr[-2000:]}")
-    assert started.returncode == 0, f"launch/local-slurm start failed:\n{started.stderr}"
 
 
 @pytest.mark.slurm
