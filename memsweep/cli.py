@@ -230,8 +230,12 @@ def _write_report(sweep_dir: Path, out: Path | None, wandb: str, bootstrap: int,
     except OSError as err:
         return _error(_write_failed(target, err, out is None))
     for precision, fit in report.summary.get("alpha", {}).items():
-        ci = f" (95% CI {fit['alpha_ci'][0]:.2f}-{fit['alpha_ci'][1]:.2f})" if fit["alpha_ci"] else ""
-        print(f"alpha {precision}: {fit['alpha']:.2f} bits/param{ci}, {fit['n_models']} models")
+        seeds = f", seed range {fit['alpha_seed_range'][0]:.2f}-{fit['alpha_seed_range'][1]:.2f} over " \
+                f"{fit['n_seeds']} seeds" if fit["alpha_seed_range"] else ""
+        t95 = f", 95% t-interval over {fit['n_seeds']} seeds {fit['alpha_t95'][0]:.2f}-{fit['alpha_t95'][1]:.2f}" \
+            if fit["alpha_t95"] else ""
+        print(f"alpha {precision}: {fit['alpha']:.2f} bits/param (fit through the origin{seeds}{t95}), "
+              f"unweighted mean {fit['mean_bits_per_param']:.2f}, {fit['n_models']} models")
     wrote = f"wrote {path}" if report.written else f"report unchanged: {path}"
     print(f"{report.summary['cells_done']} cells done, {report.summary['cells_missing']} not done; {wrote}")
     if wandb != "off":
@@ -248,7 +252,7 @@ def _report(args: argparse.Namespace) -> int:
 def _report_options(p) -> None:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "off"], default="off",
                    help="also log the report to W&B (the sweep's group); auto: online with a key, else offline")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the intervals")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the double-descent peak intervals")
     p.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU where memsweep has no figure (CPUs)")
 
 

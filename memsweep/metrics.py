@@ -36,6 +36,27 @@ def uniform_reference_bits(scored_tokens_per_sample: int, vocab_size: int) -> fl
     return scored_tokens_per_sample * math.log2(vocab_size)
 
 
+def data_ceiling_bits(n_samples: int, seq_len: int, vocab_size: int) -> float:
+    """The most bits any model that assigns probabilities can memorize of N distinct sequences.
+
+    Its probabilities of the N sequences sum to at most 1, so (Gibbs' inequality) their code
+    lengths sum to at least N log2 N bits: memorization is at most N (S log2 V - log2 N), not
+    N S log2 V. The per-sample clip can do better only by giving up on some sequences: k of them
+    at probability 1/k each memorize k (S log2 V - log2 k), which rises with k up to
+    log2 k = S log2 V - 1/ln 2; past that point (only when S log2 V is within 1.44 bits of
+    log2 N) the best k is used instead of N.
+    """
+    per_sample = seq_len * math.log2(vocab_size)
+    if n_samples < 1:
+        return 0.0
+    best_log2_k = per_sample - 1 / LN2
+    if math.log2(n_samples) <= best_log2_k:
+        ks = [n_samples]
+    else:
+        ks = [max(1, math.floor(2.0**best_log2_k)), math.ceil(2.0**best_log2_k)]
+    return max(k * (per_sample - math.log2(k)) for k in ks)
+
+
 @dataclass(frozen=True)
 class Memorization:
     n_samples: int

@@ -9,12 +9,15 @@ import pandas as pd
 import pytest
 
 from memsweep.analysis import plots, report
+from scipy import stats
+
 from memsweep.analysis.capacity import capacities, capacity_summary, fit_alpha, model_label
 from memsweep.analysis.cells import SweepCells
-from memsweep.analysis.double_descent import double_descent_points, locate_peak
+from memsweep.analysis.double_descent import double_descent_points, locate_peak, resolution_line
 from memsweep.analysis.membership import (PAPER_LAW, fit_law, law_f1, loss_threshold_attack, oracle_f1,
                                           samples_for_f1)
-from memsweep.analysis.paper import table1_comparison, verdict
+from memsweep.analysis.paper import (APPENDIX_A1_ALPHA, PAPER_INCONSISTENCIES, appendix_a1_ceilings,
+                                     appendix_a1_comparison, table1_comparison, verdict)
 
 BITS_PER_SEQ = 512.0
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
@@ -49,16 +52,16 @@ def test_capacity_is_the_max_over_dataset_sizes_and_alpha_is_recovered():
     assert first["capacity_bits"] == pytest.approx(3.5 * 8_000 * 0.96)
     assert first["maximum"] == "bracketed" and not first["hit_max_steps"] and not first["lower_bound"]
 
-    fit = fit_alpha(caps, "fp32", n_boot=500)
+    fit = fit_alpha(caps, "fp32")
     assert fit.alpha == pytest.approx(3.5 * (1 + np.mean(list(noise.values()))), rel=1e-6)
-    assert fit.alpha_ci[0] < 3.5 < fit.alpha_ci[1]
-    assert fit.alpha_ci[1] - fit.alpha_ci[0] < 0.35  # seed noise of +-5%: the CI is that wide, no wider
+    assert fit.n_seeds == 4 and fit.alpha_seed_range == pytest.approx((3.5 * 0.96, 3.5 * 1.05))
+    assert fit.alpha_t95 is None and fit.slope_t95 is None  # 4 seeds: a range, no interval called 95%
     assert fit.intercept == pytest.approx(0, abs=50)
 
 
 def test_alpha_with_an_intercept_separates_a_fixed_cost():
     cells = synthetic_cells(lambda p, seed, _: 3.0 * p + 20_000, seeds=(0, 1))
-    fit = fit_alpha(capacities(cells), "fp32", n_boot=100)
+    fit = fit_alpha(capacities(cells), "fp32")
     assert fit.slope == pytest.approx(3.0, rel=1e-6)
     assert fit.intercept == pytest.approx(20_000, rel=1e-6)
     assert fit.alpha > 3.3  # the line through the origin absorbs the fixed cost
@@ -71,13 +74,13 @@ def test_a_single_seed_gives_no_interval_and_a_max_at_grid_edge_is_a_lower_bound
     summary = capacity_summary(caps)
     assert (summary["seeds_at_grid_edge"] == 1).all() and summary["lower_bound"].all()
     fit = fit_alpha(caps, "fp32")
-    assert fit.alpha_ci is None and fit.n_seeds == 1 and fit.lower_bound
+    assert fit.alpha_seed_range is None and fit.alpha_t95 is None and fit.n_seeds == 1 and fit.lower_bound
 
 
 def test_two_models_get_no_intercept_fit():
     cells = synthetic_cells(lambda p, seed, _: 3.0 * p + 20_000, seeds=(0, 1))
-    fit = fit_alpha(capacities(cells[cells["n_params"] < 40_000]), "fp32", n_boot=50)
-    assert fit.n_models == 2 and fit.slope is None and fit.intercept is None and fit.slope_ci is None
+    fit = fit_alpha(capacities(cells[cells["n_params"] < 40_000]), "fp32")
+    assert fit.n_models == 2 and fit.slope is None and fit.intercept is None and fit.slope_seed_range is None
 
 
 def test_fp32_and_bf16_are_fitted_separately():
@@ -184,14 +187,19 @@ def test_table1_row_is_matched_by_config_and_another_config_by_the_mean():
     assert other["verdict"] == "off: 32% below; measured value is a lower bound"
 
 
-def _one_seed_two_models(f1: float) -> pd.DataFrame:
-    """What a one-seed, two-model sweep's load_sweep returns: every cell stopped at max_steps."""
-    cells = synthetic_cells(lambda p, seed, _: 3.0 * p, seeds=(0,))
-    cells = cells[cells["n_params"] < 40_000].reset_index(drop=True)
+def _as_loaded(cells: pd.DataFrame, f1: float = 1.0, stop_reason: str = "saturated") -> pd.DataFrame:
+    """Synthetic cells with the columns load_sweep gives a report."""
+    cells = cells.reset_index(drop=True)
     cells["model"] = cells.apply(model_label, axis=1)
     cells["samples_per_param"] = cells["n_samples"] / cells["n_params"]
     return cells.assign(mi_f1=f1, cell_id=[f"cell{i}" for i in range(len(cells))], steps=600,
-                        stop_reason="max_steps", tokens_per_sec=1e4, world_size=1, device="cpu", device_name="x86_64")
+                        stop_reason=stop_reason, tokens_per_sec=1e4, world_size=1, device="cpu", device_name="x86_64")
+
+
+def _one_seed_two_models(f1: float) -> pd.DataFrame:
+    """What a one-seed, two-model sweep's load_sweep returns: every cell stopped at max_steps."""
+    cells = synthetic_cells(lambda p, seed, _: 3.0 * p, seeds=(0,))
+    return _as_loaded(cells[cells["n_params"] < 40_000], f1, stop_reason="max_steps")
 
 
 def test_a_one_seed_two_model_report_fits_nothing_it_cannot(tmp_path, monkeypatch):
@@ -219,3 +227,96 @@ def test_a_one_seed_two_model_report_fits_nothing_it_cannot(tmp_path, monkeypatc
     again = report.build_report(tmp_path / "sweep", n_boot=20)
     report.write_report(again, tmp_path / "out")
     assert again.written == [] and mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+
+
+NOISE = {0: -0.04, 1: 0.02, 2: 0.05, 3: -0.03, 4: 0.01}
+
+
+def _report_text(cells: pd.DataFrame, tmp_path, monkeypatch) -> tuple[str, dict]:
+    monkeypatch.setattr(report, "load_sweep", lambda _: SweepCells(cells, []))
+    built = report.build_report(tmp_path / "sweep", n_boot=50)
+    return report.write_report(built, tmp_path / "out").read_text(), built.summary
+
+
+@pytest.mark.parametrize("n_seeds", [2, 4])
+def test_fewer_than_five_seeds_print_no_95_percent_anywhere(n_seeds, tmp_path, monkeypatch):
+    cells = _as_loaded(synthetic_cells(lambda p, seed, _: 3.5 * p * (1 + NOISE[seed]), seeds=range(n_seeds)))
+    text, summary = _report_text(cells, tmp_path, monkeypatch)
+    assert "95%" not in text and "confidence interval" in text
+    low, high = summary["alpha"]["fp32"]["alpha_seed_range"]
+    assert f"seed range {low:.2f}–{high:.2f} over {n_seeds} seeds" in text
+    assert summary["alpha"]["fp32"]["alpha_t95"] is None
+    assert "95%" not in (tmp_path / "out" / "alpha.csv").read_text() + (tmp_path / "out" / "report.json").read_text()
+
+
+def test_five_seeds_give_a_student_t_interval(tmp_path, monkeypatch):
+    cells = _as_loaded(synthetic_cells(lambda p, seed, _: 3.5 * p * (1 + NOISE[seed]), seeds=range(5)))
+    fit = fit_alpha(capacities(cells), "fp32")
+    per_seed = np.array([3.5 * (1 + v) for v in NOISE.values()])  # every model has the seed's alpha
+    half = stats.t.ppf(0.975, 4) * per_seed.std(ddof=1) / np.sqrt(5)
+    assert stats.t.ppf(0.975, 4) == pytest.approx(2.776, abs=1e-3)
+    assert fit.alpha_t95 == pytest.approx((per_seed.mean() - half, per_seed.mean() + half))
+    assert fit.alpha_seed_range == pytest.approx((per_seed.min(), per_seed.max()))
+    text, _ = _report_text(cells, tmp_path, monkeypatch)
+    assert f"95% t-interval over 5 seeds {fit.alpha_t95[0]:.2f}–{fit.alpha_t95[1]:.2f}" in text
+
+
+def test_the_unweighted_mean_of_bits_per_param_is_reported_beside_the_weighted_fit(tmp_path, monkeypatch):
+    bpp = {8_000: 4.0, 20_000: 3.0, 40_000: 2.0}  # the largest model holds the least per parameter
+    cells = _as_loaded(synthetic_cells(lambda p, seed, _: bpp[p] * p, seeds=(0, 1)))
+    fit = fit_alpha(capacities(cells), "fp32")
+    p = np.array(list(bpp), float)
+    assert fit.alpha == pytest.approx((p * p * list(bpp.values())).sum() / (p @ p))  # 2.26: P^2-weighted
+    assert fit.mean_bits_per_param == pytest.approx(3.0) and fit.model_bits_per_param_range == (2.0, 4.0)
+    assert fit.model_residual_std == pytest.approx(1.0)  # residuals around alpha: the bpp's spread
+    text, summary = _report_text(cells, tmp_path, monkeypatch)
+    assert "Unweighted mean of per-model bits/param: **3.00** (comparable to Table 1's column means" in text
+    assert "unweighted mean of per-model bits/param 3.00 over 3 models, 22% below Table 1's fp32 mean" in text
+    assert f"α = {fit.alpha:.2f} bits/param**, fitted through the origin over 3 models (P²-weighted" in text
+
+
+def test_data_ceiling_comes_from_gibbs_not_from_the_dataset_bits():
+    cells = synthetic_cells(lambda p, seed, _: 955_000, seeds=(0,))  # 0.97 x 955k at N = 2048
+    caps = capacities(cells)
+    ceiling = 2048 * (512 - 11)  # N (S log2 V - log2 N)
+    assert (caps["data_ceiling_bits"] == ceiling).all()
+    assert (caps["capacity_bits"] < 0.9 * 2048 * BITS_PER_SEQ).all()  # under 90% of H: the old rule said no
+    assert caps["at_data_ceiling"].all() and caps["lower_bound"].all()
+
+    a1 = appendix_a1_comparison(_as_loaded(synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0,))))
+    ceilings = a1["n_samples"] * (BITS_PER_SEQ - np.log2(a1["n_samples"]))
+    assert a1["data_ceiling_bits"].to_numpy() == pytest.approx(ceilings.to_numpy())
+    assert a1["expected_bits"].to_numpy() == pytest.approx(np.minimum(APPENDIX_A1_ALPHA * a1["n_params"], ceilings))
+    assert (a1["limited_by"] == np.where(ceilings <= APPENDIX_A1_ALPHA * a1["n_params"], "data", "capacity")).all()
+
+
+def test_appendix_a1_data_limited_rows_exceed_the_data_ceiling():
+    """The issue's figures: N = 4096, V = 2048, S = 4 / 8 / 16 / 32."""
+    rows = appendix_a1_ceilings()
+    assert rows["data_ceiling_bits"].tolist() == pytest.approx([1.31e5, 3.11e5, 6.72e5, 1.39e6], rel=5e-3)
+    assert rows["memorized_bits"].tolist() == [1.73e5, 3.54e5, 7.15e5, 1.44e6]
+    assert (rows["memorized_bits"] > rows["data_ceiling_bits"]).all()
+    words = next(n for n in PAPER_INCONSISTENCIES if "Gibbs" in n)
+    assert "S = 4: 1.73e5 > 1.31e5" in words and "No such model reproduces them" in words
+
+
+def _hump(true_peak: float, noise: float):
+    return lambda ratio, rng: 8.0 + 2.0 * np.exp(-((np.log10(ratio) - np.log10(true_peak)) ** 2) / 0.5) \
+        + rng.normal(0, noise)
+
+
+def test_a_peak_interval_no_wider_than_the_grid_is_resolution_limited():
+    cells = synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0, 1, 2), test_loss=_hump(1.3, 0.001))
+    points = double_descent_points(cells, {"fp32": 3.5}, n_boot=200)
+    assert points["grid_resolution"].to_numpy() == pytest.approx(np.sqrt(2))  # 2x spacing: x1.41 each side
+    assert points["resolution_limited"].all()
+    assert points["ratio_low"].to_numpy() == pytest.approx(points["ratio_at_max"] / np.sqrt(2))
+    assert points["ratio_high"].to_numpy() == pytest.approx(points["ratio_at_max"] * np.sqrt(2))
+    assert (points["ratio_low"] < 1).all()  # "contains 1" though the peak is at 1.3: the grid says so
+    assert "3 of 3 double-descent peaks are resolution-limited" in resolution_line(points)
+    assert "×1.41" in resolution_line(points)
+
+    noisy = synthetic_cells(lambda p, seed, _: 3.5 * p, seeds=(0, 1, 2), test_loss=_hump(1.3, 0.5))
+    points = double_descent_points(noisy, {"fp32": 3.5}, n_boot=200)
+    wider = points[~points["resolution_limited"] & (points["maximum"] == "bracketed")]
+    assert len(wider) and ((wider["ratio_high"] / wider["ratio_low"]) > 2.0 + 1e-9).all()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from memsweep.metrics import memorization, sequence_nll_bits, uniform_reference_bits
+from memsweep.metrics import data_ceiling_bits, memorization, sequence_nll_bits, uniform_reference_bits
 
 
 def test_uniform_logits_cost_exactly_log2_v_per_token():
@@ -79,3 +79,12 @@ def test_evaluation_of_a_model_with_known_logits():
     m = uniform_memorization(nll, S, V)
     assert m.dataset_bits == N * S * 4
     assert m.memorized_bits == pytest.approx(N * S * 3, rel=1e-6)  # log2(16) - 1 bit per token
+
+
+def test_data_ceiling_is_the_dataset_bits_less_n_log2_n():
+    # 4 sequences of 2 tokens over V = 4: 4 bits each, 16 in all; coding 4 of them costs >= 2 bits each
+    assert data_ceiling_bits(4, 2, 4) == 4 * (4 - 2)
+    assert data_ceiling_bits(4096, 64, 2048) == 4096 * (704 - 12)
+    # S log2 V = log2 N = 2: all 4 at p = 1/4 memorize nothing; one at p = 1 (or two at 1/2) memorize 2 bits
+    assert data_ceiling_bits(4, 1, 4) == 2.0
+    assert data_ceiling_bits(0, 64, 2048) == 0.0

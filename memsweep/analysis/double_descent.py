@@ -5,8 +5,11 @@ capacity alpha * P, i.e. at a ratio of 1. Per model and precision the test loss 
 is taken at each dataset size; the peak is the vertex of a parabola through the highest point and
 its two neighbours in log(ratio), kept between those neighbours. Its uncertainty comes from a
 bootstrap over seeds (each N's seeds redrawn with replacement), and is never narrower than what
-the grid can resolve (half a grid step each side). A maximum at the smallest or largest N measured
-is "at grid edge", not a peak: the true peak may lie outside the grid, so it gets no interval.
+the grid can resolve (half a grid step each side, the factor `grid_resolution`: x1.41 for 2x
+spacing). An interval no wider than that on both sides is `resolution_limited`: it says where the
+grid points are, not where the peak is, so "contains 1" then only means "within the grid's
+resolution of 1". A maximum at the smallest or largest N measured is "at grid edge", not a peak:
+the true peak may lie outside the grid, so it gets no interval.
 """
 
 from __future__ import annotations
@@ -67,20 +70,34 @@ def double_descent_points(cells: pd.DataFrame, alpha: dict[str, float], n_boot: 
         peak = locate_peak(log_ratio, means)
         i = int(np.argmax(means))
         low = high = float("nan")
+        grid_step = float(np.median(np.diff(log_ratio)))
+        limited = False
         if peak.bracketed:
-            grid_step = float(np.median(np.diff(log_ratio)))
             boot = [locate_peak(log_ratio, np.array([rng.choice(s, len(s)).mean() for s in per_size])).log_ratio
                     for _ in range(n_boot)] if min(map(len, per_size)) >= 2 else []
             low, high = np.percentile(boot, [2.5, 97.5]) if boot else (peak.log_ratio, peak.log_ratio)
+            limited = bool(low >= peak.log_ratio - grid_step / 2 and high <= peak.log_ratio + grid_step / 2)
             low, high = 10 ** min(low, peak.log_ratio - grid_step / 2), 10 ** max(high, peak.log_ratio + grid_step / 2)
         ratio = 10 ** peak.log_ratio
         rows.append({
             "model": model, "precision": precision, "n_params": int(n_params),
             "maximum": maximum_position(i, len(sizes)),
             "ratio_at_max": ratio, "ratio_low": low, "ratio_high": high,
+            "grid_resolution": 10 ** (grid_step / 2), "resolution_limited": limited,
             "n_samples_at_max": int(round(ratio * alpha[precision] * n_params / (bits[0] / sizes[0])))
             if peak.bracketed else int(sizes[i]),
             "test_loss_at_max": float(means[i]),
             "n_sizes": len(sizes), "n_seeds": min(map(len, per_size)),
         })
     return pd.DataFrame(rows)
+
+
+def resolution_line(points: pd.DataFrame) -> str | None:
+    """The verdict's sentence on peaks whose interval is only the grid's resolution, or None."""
+    if points.empty or not points["resolution_limited"].any():
+        return None
+    limited = points[points["resolution_limited"]]
+    factors = ", ".join(sorted({f"×{f:.2f}" for f in limited["grid_resolution"]}))
+    return (f"{len(limited)} of {len(points)} double-descent peaks are resolution-limited: their interval is only "
+            f"as wide as the grid allows ({factors} each side), so it locates the grid points, not the peak; a "
+            "peak within that factor of 1 'contains 1' whatever the seeds say.")

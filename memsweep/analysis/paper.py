@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from memsweep.analysis.capacity import AT_GRID_EDGE, DATA_CEILING
+from memsweep.analysis.capacity import AT_GRID_EDGE, DATA_CEILING, MIN_SEEDS_FOR_T
+from memsweep.metrics import data_ceiling_bits
 
 TABLE1 = pd.DataFrame(
     [(1, 32, 80_352, 3.39e5, 3.16e5, 4.23, 3.93),
@@ -26,6 +27,31 @@ TABLE1_MEAN_ALPHA = {"fp32": 3.83, "bf16": 3.51}
 """Column means over all 16 rows of v3's Table 1 (3.826 and 3.5125 before rounding)."""
 APPENDIX_A1_ALPHA = 3.642
 """alpha used for App. A.1's predictions min(alpha P, H)."""
+APPENDIX_A1_DATA_LIMITED = pd.DataFrame(
+    [(4, 1.73e5), (8, 3.54e5), (16, 7.15e5), (32, 1.44e6)], columns=["seq_len", "memorized_bits"]).assign(
+    n_samples=4096, vocab_size=2048)
+"""App. A.1's data-limited rows of the S sweep (N = 4096, V = 2048, 2L d128): memorized bits."""
+
+
+def appendix_a1_ceilings() -> pd.DataFrame:
+    """App. A.1's data-limited rows beside the data ceiling (metrics.data_ceiling_bits) of each."""
+    rows = APPENDIX_A1_DATA_LIMITED.copy()
+    rows["data_ceiling_bits"] = [data_ceiling_bits(n, s, v) for n, s, v in
+                                 zip(rows["n_samples"], rows["seq_len"], rows["vocab_size"])]
+    return rows
+
+
+def _a1_ceiling_words() -> str:
+    rows = appendix_a1_ceilings()
+    def e(x: float) -> str:
+        return f"{x:.2e}".replace("e+0", "e")
+
+    pairs = ", ".join(f"S = {r.seq_len}: {e(r.memorized_bits)} > {e(r.data_ceiling_bits)}" for r in rows.itertuples())
+    return ("App. A.1's data-limited rows (N = 4096, V = 2048) report more memorized bits than any model that "
+            "assigns probabilities to N distinct sequences can hold, N (S log2 V - log2 N) (Gibbs' inequality: "
+            f"their code lengths sum to at least N log2 N bits): {pairs}. No such model reproduces them; "
+            "memsweep's expected memorization uses this ceiling, not H = N S log2 V.")
+
 AGREEMENT_TOLERANCE = 0.10
 """A measured capacity within 10% of the paper's row is called in agreement: the paper's own
 per-config spread between fp32 and bf16 is up to 8% (8L d256) and its S = 64 and V = 2048 rows
@@ -34,10 +60,12 @@ of App. A.1, the same configuration, differ by 4%."""
 PAPER_INCONSISTENCIES = (
     "Which alpha is the headline: the Figure 6 fit gives 3.64 and is labelled half precision, the "
     "author's thread calls the ~3.6 line fp32, and Table 1's means are 3.51 (bf16) and 3.83 (fp32). "
-    "Measured alpha is compared with the Table 1 mean of its own precision.",
+    "The unweighted mean of measured per-model bits/param is compared with the Table 1 mean of its own "
+    "precision (both unweighted means over configs).",
     "App. A.1 predicts min(3.642 P, H), but its capacity-limited rows equal about 3.54 x the full "
     "parameter count (an undocumented embedding adjustment); its S = 64 and V = 2048 rows, the "
     "same configuration, differ by 4%.",
+    _a1_ceiling_words(),
     "The convergence paragraph's 3.56-3.65e6 bits for the 6.86M model contradicts Table 1's "
     "2.51e7 bits for the same model; Table 1 is used here.",
     "The membership-inference law as printed cannot reach F1 = 0.5; the reconstruction "
@@ -46,9 +74,10 @@ PAPER_INCONSISTENCIES = (
 )
 
 
-def expected_memorization(n_params: float, dataset_bits: float, alpha: float = APPENDIX_A1_ALPHA) -> float:
-    """App. A.1: mem(X, L(X)) ~ min(capacity, H(X)) with capacity = alpha P."""
-    return min(alpha * n_params, dataset_bits)
+def expected_memorization(n_params: float, ceiling_bits: float, alpha: float = APPENDIX_A1_ALPHA) -> float:
+    """App. A.1's mem(X, L(X)) ~ min(capacity, H(X)) with capacity = alpha P, but with the data
+    ceiling (metrics.data_ceiling_bits) for H(X): no model memorizes more than that."""
+    return min(alpha * n_params, ceiling_bits)
 
 
 def _relative(measured: float, expected: float) -> tuple[bool, str]:
@@ -132,11 +161,13 @@ def verdict_lines(grid: dict, summary: pd.DataFrame, caps: pd.DataFrame, fits: d
     lines = []
     for precision, fit in fits.items():
         paper = TABLE1_MEAN_ALPHA.get(precision)
-        against = f", {_relative(fit.alpha, paper)[1]} Table 1's {precision} mean of {paper}" if paper \
-            else " (Table 1 has no such precision)"
-        lines.append(f"{precision}: α = {fit.alpha:.2f} bits/param over {fit.n_models} model"
-                     f"{'s' if fit.n_models > 1 else ''}{against}"
-                     + ("; a lower bound, for the reasons below." if fit.lower_bound else "."))
+        words = _relative(fit.mean_bits_per_param, paper)[1] if paper else ""
+        against = f", {words}{' of' if words.startswith('within') else ''} Table 1's {precision} mean of {paper} " \
+                  "(also an unweighted mean over configs)" if paper else " (Table 1 has no such precision)"
+        models = f"{fit.n_models} model{'s' if fit.n_models > 1 else ''}"
+        lines.append(f"{precision}: unweighted mean of per-model bits/param {fit.mean_bits_per_param:.2f} over "
+                     f"{models}{against}; α fitted through the origin {fit.alpha:.2f} (P²-weighted, mostly the "
+                     "largest model)" + ("; both lower bounds, for the reasons below." if fit.lower_bound else "."))
     same = sum(bool(len(_table1_row(s))) for _, s in summary.drop_duplicates("model").iterrows())
     lines.append(f"This grid is {grid_description(grid)}; Table 1 is {TABLE1_GRID}. "
                  + ("No model here has a Table 1 row, so α is compared with Table 1's mean over other "
@@ -159,23 +190,30 @@ def verdict_lines(grid: dict, summary: pd.DataFrame, caps: pd.DataFrame, fits: d
                      f"{len(edge) - at_largest} at the smallest): the true maximum may lie outside the grid.")
     n = int(caps["at_data_ceiling"].sum())
     if n:
-        lines.append(_count(n, total, "at the data ceiling") + f" (holding ≥ {DATA_CEILING:.0%} of its dataset's "
-                     "bits): the model may hold more than that dataset offered.")
+        lines.append(_count(n, total, "at the data ceiling") + f" (holding ≥ {DATA_CEILING:.0%} of the most its "
+                     "dataset allows, N (S log2 V − log2 N) bits): the model may hold more than that dataset offered.")
     if not caps["lower_bound"].any():
         lines.append("Every capacity is bracketed, below the data ceiling, and from a cell that stopped on its plateau.")
     if grid["seeds"] and len(grid["seeds"]) == 1:
         lines.append("One seed: no confidence intervals, and no spread over seeds.")
+    elif 1 < len(grid["seeds"]) < MIN_SEEDS_FOR_T:
+        lines.append(f"{len(grid['seeds'])} seeds: α is given with its range over seeds, not a confidence "
+                     f"interval (a t-interval needs {MIN_SEEDS_FOR_T} or more).")
     return lines
 
 
 def appendix_a1_comparison(cells: pd.DataFrame) -> pd.DataFrame:
-    """Measured memorization (mean over seeds) beside App. A.1's min(alpha P, H) for every
-    (model, precision, N)."""
+    """Measured memorization (mean over seeds) beside App. A.1's min(alpha P, data ceiling) for
+    every (model, precision, N)."""
     grouped = (cells.groupby(["model", "precision", "n_params", "n_samples"], sort=True)
-               .agg(dataset_bits=("dataset_bits", "first"), memorized_bits=("memorized_bits", "mean"),
+               .agg(seq_len=("seq_len", "first"), vocab_size=("vocab_size", "first"),
+                    dataset_bits=("dataset_bits", "first"), memorized_bits=("memorized_bits", "mean"),
                     n_seeds=("seed", "nunique")).reset_index())
-    grouped["expected_bits"] = [expected_memorization(p, h) for p, h in zip(grouped["n_params"], grouped["dataset_bits"])]
-    grouped["limited_by"] = ["data" if h <= APPENDIX_A1_ALPHA * p else "capacity"
-                             for p, h in zip(grouped["n_params"], grouped["dataset_bits"])]
+    grouped["data_ceiling_bits"] = [data_ceiling_bits(n, s, v) for n, s, v in
+                                    zip(grouped["n_samples"], grouped["seq_len"], grouped["vocab_size"])]
+    grouped["expected_bits"] = [expected_memorization(p, c) for p, c in
+                                zip(grouped["n_params"], grouped["data_ceiling_bits"])]
+    grouped["limited_by"] = ["data" if c <= APPENDIX_A1_ALPHA * p else "capacity"
+                             for p, c in zip(grouped["n_params"], grouped["data_ceiling_bits"])]
     grouped["measured_over_expected"] = grouped["memorized_bits"] / grouped["expected_bits"]
-    return grouped
+    return grouped.drop(columns=["seq_len", "vocab_size"])

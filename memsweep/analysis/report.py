@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from memsweep.analysis import plots
-from memsweep.analysis.capacity import DATA_CEILING, MIN_MODELS_FOR_INTERCEPT, capacities, capacity_summary, fit_alpha
+from memsweep.analysis.capacity import (DATA_CEILING, MIN_MODELS_FOR_INTERCEPT, MIN_SEEDS_FOR_T, capacities,
+                                        capacity_summary, fit_alpha)
 from memsweep.analysis.cells import load_sweep
-from memsweep.analysis.double_descent import double_descent_points, test_loss_curves
+from memsweep.analysis.double_descent import double_descent_points, resolution_line, test_loss_curves
 from memsweep.analysis.membership import GPT2_SIZES, PAPER_LAW, TARGET_F1, LawFit, fit_law, samples_for_f1
 from memsweep.analysis.paper import (PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, grid_facts,
                                      table1_comparison, verdict_lines)
@@ -35,11 +36,18 @@ WORDS = (
     "outside the grid. A test-loss maximum at the grid edge is not called a peak.",
     "**peak**: a bracketed test-loss maximum, interpolated between its neighbours.",
     "**hit max_steps**: the cell stopped at `trainer.max_steps`, not on its plateau.",
-    f"**at the data ceiling**: the maximum holds ≥ {DATA_CEILING:.0%} of its dataset's bits.",
+    f"**at the data ceiling**: the maximum holds ≥ {DATA_CEILING:.0%} of the data ceiling N (S log2 V − log2 N), "
+    "the most a model that assigns probabilities to N distinct sequences can memorize of them (Gibbs' "
+    "inequality: their code lengths sum to at least N log2 N bits).",
+    "**seed range**: the lowest and highest α fitted to one seed at a time; a range, not a confidence interval.",
+    "**resolution-limited**: a peak's interval no wider than half a grid step each side (the grid resolution, "
+    "a factor): the grid, not the seeds, sets it.",
     "**lower bound** (≥ in the tables, an upward triangle in the figures): a capacity at grid edge, "
     "from a cell that hit max_steps, or at the data ceiling; the true capacity may be higher.",
 )
 """The report's vocabulary, each word defined once and used for nothing else."""
+T_WORD = f"**t-interval**: a Student-t 95% interval over seeds, given only with {MIN_SEEDS_FOR_T} or more seeds."
+"""Defined only in a report that has one: with fewer seeds nothing in it may read "95%"."""
 
 
 @dataclass
@@ -101,17 +109,21 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
     caps = capacities(cells)
     summary = capacity_summary(caps)
     report.tables["capacity"], report.tables["capacity_summary"] = caps, summary
-    fits = {p: fit_alpha(caps, p, n_boot=n_boot) for p in sorted(caps["precision"].unique())}
+    fits = {p: fit_alpha(caps, p) for p in sorted(caps["precision"].unique())}
     report.tables["alpha"] = pd.DataFrame([asdict(f) for f in fits.values()])
     report.summary["alpha"] = {p: asdict(f) for p, f in fits.items()}
     if "fp32" in fits and "bf16" in fits:
         report.summary["alpha_bf16_minus_fp32"] = fits["bf16"].alpha - fits["fp32"].alpha
+        report.summary["mean_bits_per_param_bf16_minus_fp32"] = \
+            fits["bf16"].mean_bits_per_param - fits["fp32"].mean_bits_per_param
     report.summary["verdict"] = verdict_lines(grid, summary, caps, fits)
 
     alpha = {p: f.alpha for p, f in fits.items()}
     report.tables["loss_curves"] = test_loss_curves(cells, alpha)
     points = double_descent_points(cells, alpha, n_boot=min(n_boot, 1000))
     report.tables["double_descent"] = points
+    if line := resolution_line(points):
+        report.summary["verdict"].append(line)
     if points.empty:
         report.notes.append("double descent: no (model, precision) has the 3 dataset sizes a maximum needs")
     report.summary["double_descent"] = (points.drop(columns=["n_params"]).astype(object)
@@ -175,39 +187,61 @@ def _md_table(df: pd.DataFrame | None, columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interval_words(seed_range, t95, n_seeds: int) -> str:
+    """'seed range a–b over 2 seeds' and, from MIN_SEEDS_FOR_T seeds, the t-interval beside it."""
+    if not seed_range:
+        return "no spread over seeds (one seed)"
+    words = f"seed range {seed_range[0]:.2f}–{seed_range[1]:.2f} over {n_seeds} seeds"
+    if t95:
+        return words + f", 95% t-interval over {n_seeds} seeds {t95[0]:.2f}–{t95[1]:.2f}"
+    return words + f" (not a confidence interval; a t-interval needs {MIN_SEEDS_FOR_T} seeds)"
+
+
 def _alpha_lines(report: Report) -> list[str]:
     lines = []
     for p, f in report.summary.get("alpha", {}).items():
         bound = " (a lower bound: some capacity in it is one)" if f["lower_bound"] else ""
+        paper = TABLE1_MEAN_ALPHA.get(p)
+        seeds = _interval_words(f["alpha_seed_range"], f["alpha_t95"], f["n_seeds"])
         if f["n_models"] == 1:
-            line = f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}: one model, so α is its capacity / P, not a fit"
+            line = (f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}: one model, so α is its capacity / P, "
+                    f"not a fit, {seeds}")
         else:
-            ci = f"95% CI {f['alpha_ci'][0]:.2f}–{f['alpha_ci'][1]:.2f} (bootstrap over seeds)" if f["alpha_ci"] \
-                else "no confidence interval (one seed)"
-            line = f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}, fitted through the origin over {f['n_models']} " \
-                   f"models, {ci}"
+            low, high = f["model_bits_per_param_range"]
+            line = (f"- **{p}: α = {f['alpha']:.2f} bits/param**{bound}, fitted through the origin over "
+                    f"{f['n_models']} models (P²-weighted, so mostly the largest model; comparable to a fitted "
+                    f"slope such as the paper's Figure 6 α = 3.64), {seeds}. "
+                    f"Unweighted mean of per-model bits/param: **{f['mean_bits_per_param']:.2f}** (comparable to "
+                    f"Table 1's column means{f', {p}: {paper}' if paper else ''}, themselves unweighted over 16 "
+                    f"configs); across models {low:.2f}–{high:.2f}, residuals around α with standard deviation "
+                    f"{f['model_residual_std']:.2f} bits/param")
             if f["slope"] is None:
                 line += (f". No fit with an intercept: it needs {MIN_MODELS_FOR_INTERCEPT} or more models "
                          f"(through {f['n_models']} points a 2-parameter line is exact)")
             else:
-                sci = f", slope 95% CI {f['slope_ci'][0]:.2f}–{f['slope_ci'][1]:.2f}" if f["slope_ci"] else ""
-                line += f". With an intercept: {f['slope']:.2f} bits/param {f['intercept']:+,.0f} bits{sci}"
-        paper = TABLE1_MEAN_ALPHA.get(p)
-        lines.append(line + (f". Paper (Table 1 mean, {p}): {paper}." if paper else "."))
+                line += (f". With an intercept: {f['slope']:.2f} bits/param {f['intercept']:+,.0f} bits, slope "
+                         + _interval_words(f["slope_seed_range"], f["slope_t95"], f["n_seeds"]))
+        lines.append(line + ".")
     if "alpha_bf16_minus_fp32" in report.summary:
-        lines.append(f"- bf16 − fp32: {report.summary['alpha_bf16_minus_fp32']:+.2f} bits/param "
-                     f"(paper: {TABLE1_MEAN_ALPHA['bf16'] - TABLE1_MEAN_ALPHA['fp32']:+.2f})")
+        paper = TABLE1_MEAN_ALPHA["bf16"] - TABLE1_MEAN_ALPHA["fp32"]
+        lines.append(f"- bf16 − fp32: {report.summary['mean_bits_per_param_bf16_minus_fp32']:+.2f} bits/param in the "
+                     f"unweighted mean (paper's Table 1 means: {paper:+.2f}), "
+                     f"{report.summary['alpha_bf16_minus_fp32']:+.2f} in α through the origin")
     return lines
 
 
 def _double_descent_text(points: pd.DataFrame) -> list[str]:
-    text = ["Test loss against dataset bits / (α·P), α fitted above per precision; the paper puts the peak "
-            "at 1. A peak's interval is a bootstrap over seeds, never narrower than half a grid step each side"]
+    text = ("Test loss against dataset bits / (α·P), α fitted above per precision; the paper puts the peak at 1. "
+            "A peak's interval is a bootstrap over seeds, never narrower than half a grid step each side: the "
+            "grid resolution, a factor (×1.41 for 2× spacing), so any peak within that factor of 1 has an "
+            "interval that contains 1. Where the bootstrap is narrower still the interval is marked "
+            "resolution-limited: it shows the grid, not the seeds' uncertainty")
     if len(points) and points["n_seeds"].min() < 2:
-        text[0] += " (with one seed it is only that grid resolution, not a confidence interval)"
-    return [text[0] + ". A maximum at grid edge is not a peak and has no interval.", "",
+        text += " (with one seed every interval is resolution-limited)"
+    return [text + ". A maximum at grid edge is not a peak and has no interval.", "",
             _md_table(points, ["model", "precision", "maximum", "ratio_at_max", "ratio_low", "ratio_high",
-                               "n_samples_at_max", "test_loss_at_max", "n_sizes", "n_seeds"])]
+                               "grid_resolution", "resolution_limited", "n_samples_at_max", "test_loss_at_max",
+                               "n_sizes", "n_seeds"])]
 
 
 def _membership_text(report: Report) -> list[str]:
@@ -245,13 +279,15 @@ def markdown(report: Report) -> str:
     if "cells" not in t:
         return "\n".join(out)
     out += ["## Verdict", ""] + [f"- {line}" for line in s["verdict"]] + [""]
-    out += ["## Words used in this report", ""] + [f"- {w}" for w in WORDS] + [""]
+    has_t = any(f["alpha_t95"] for f in s["alpha"].values())
+    out += ["## Words used in this report", ""] + [f"- {w}" for w in (*WORDS, *[T_WORD] * has_t)] + [""]
     fig = lambda name, alt: [f"![{alt}]({name}.png)", ""] if name in report.plots else []  # noqa: E731
     out += ["## Capacity", ""] + fig("capacity_curves", "capacity curves") + fig("alpha_fit", "alpha fit")
     out += _alpha_lines(report) + ["", _md_table(t["capacity_summary"], _capacity_columns(t["capacity_summary"]))]
     out += ["## Against the paper", "",
             "Morris et al. 2025, Table 1 (its rows and means are in docs/papers.md):", "",
-            _md_table(t["table1_comparison"]), "App. A.1's expected memorization min(3.642 P, H) beside the measured "
+            _md_table(t["table1_comparison"]), "App. A.1's expected memorization min(3.642 P, H), here with the data "
+            "ceiling N (S log2 V − log2 N) in place of H, beside the measured "
             f"({'mean over seeds' if t['cells']['seed'].nunique() >= 2 else 'one seed'}):", "",
             _md_table(t["appendix_a1_comparison"]),
             "Where the paper disagrees with itself:", ""] + [f"- {n}" for n in PAPER_INCONSISTENCIES] + [""]

@@ -84,12 +84,14 @@ def publish(report: Report, out_dir: Path, mode: str = "auto") -> Path:
 
 
 def _flat_summary(summary: dict) -> dict:
-    """The scalars of report.json under W&B-friendly keys (alpha/fp32, alpha_ci_low/fp32, ...)."""
+    """The scalars of report.json under W&B-friendly keys (alpha/fp32, alpha_seed_low/fp32, ...)."""
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     for precision, fit in summary.get("alpha", {}).items():
         flat[f"alpha/{precision}"] = fit["alpha"]
-        if fit["alpha_ci"]:
-            flat[f"alpha_ci_low/{precision}"], flat[f"alpha_ci_high/{precision}"] = fit["alpha_ci"]
+        flat[f"mean_bits_per_param/{precision}"] = fit["mean_bits_per_param"]
+        for name, interval in (("seed", fit["alpha_seed_range"]), ("t95", fit["alpha_t95"])):
+            if interval:
+                flat[f"alpha_{name}_low/{precision}"], flat[f"alpha_{name}_high/{precision}"] = interval
     law = summary.get("membership_law", {}).get("fit")
     if law:
         flat.update({f"membership_law/{k}": law[k] for k in ("c1", "c2", "c3", "rmse")})
