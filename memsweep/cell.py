@@ -80,14 +80,13 @@ def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
     # checkpointer's collective stop decision.
     claim = CellClaim(cell_dir, cfg.trainer.lease_seconds) if _is_global_zero() else NoClaim()
     with PreemptionFlag():  # a signal during set-up is kept for the cell's first step
-        if isinstance(claim, CellClaim) and not claim.acquire():
+        if not claim.acquire():
             return {"status": "claimed", "cell_id": cfg.cell_id}
         record: dict[str, Any] = {"status": "unknown"}
         try:
             record = run_cell(cfg, cell_dir, claim)
         finally:
-            if isinstance(claim, CellClaim):
-                claim.release(final_status=record.get("status"))
+            claim.release(final_status=record.get("status"))
     if record["status"] == "preempted" and record["requeue"] and slurm_job_id() is not None:
         if _is_global_zero():
             requeue_slurm_job()

@@ -250,11 +250,18 @@ class CellClaim:
 
 
 class NoClaim:
-    """The fence of a cell run without a claim (a direct `run_cell` call): never stops anything."""
+    """The claim of a process that does not claim (a direct `run_cell` call, a rank other than 0):
+    always held, never stops anything."""
 
     must_stop = False
     lost = False
     unrenewable = False
 
+    def acquire(self) -> bool:
+        return True
+
     def check(self) -> None:
+        return None
+
+    def release(self, **final: Any) -> None:
         return None
