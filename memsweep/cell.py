@@ -20,8 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from memsweep.callbacks import CellProgress, Checkpointer, MemorizationMonitor, StepTimer
-from memsweep.checkpoint import newest_valid_checkpoint, step_of
-from memsweep.checkpoint import clean_partials
+from memsweep.checkpoint import clean_partials, newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import quiet_lightning
@@ -129,6 +128,8 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
         write_record(base)
         check_resources(cfg, run_dir)
         record = {**base, **_train(cfg, run_dir, claim)}
+        reserve.free()
+        write_record(record)
     except ClaimLost as lost:
         print(f"memsweep: {lost}", file=sys.stderr)
         return {"status": "claim-lost", "cell_id": cfg.cell_id}
@@ -145,12 +146,6 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
             print(f"memsweep: could not record the failure of {cfg.cell_id} in {run_dir}: "
                   f"{type(write_err).__name__}: {write_err}", file=sys.stderr)
         raise
-    reserve.free()
-    try:
-        write_record(record)
-    except ClaimLost as lost:
-        print(f"memsweep: {lost}", file=sys.stderr)
-        return {"status": "claim-lost", "cell_id": cfg.cell_id}
     return record
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from memsweep.preemption import slurm_job_id
-from memsweep.record import fsync_dir, shared_file_mode
+from memsweep.record import fsync_dir, shared_file_mode, write_text_atomic
 
 CLAIM_DIR = "claims"
 DEFAULT_LEASE_SECONDS = 300.0
@@ -214,12 +214,7 @@ class CellClaim:
                             f"(now {next(iter(generations(self.cell_dir)), None)}); stopping without writing")
 
     def _renew(self, **extra: Any) -> None:
-        tmp = self._write_temp(self._payload(**extra))
-        try:
-            os.replace(tmp, _claim_path(self.cell_dir, self.generation))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text_atomic(_claim_path(self.cell_dir, self.generation), json.dumps(self._payload(**extra)))
 
     def _beat(self) -> None:
         interval = self.lease_seconds / 4
@@ -245,8 +240,6 @@ class CellClaim:
                 self._renew(released=True, **final)
         except Exception:
             pass
-        for tmp in claim_dir(self.cell_dir).glob(f".{self.token}.*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 class NoClaim:

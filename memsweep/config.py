@@ -12,8 +12,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -306,18 +304,9 @@ CONFIG_FILE = "config.yaml"
 
 def save_cell_config(cfg: CellConfig, path: Path) -> None:
     """Write a cell's full resolved config as YAML (what a queued job reads back)."""
-    from memsweep.record import shared_file_mode
+    from memsweep.record import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # one per writer
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        os.chmod(tmp, shared_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def load_cell_config(path: Path) -> CellConfig:

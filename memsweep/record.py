@@ -76,6 +76,13 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         if found is None:
             raise
         raise ValueError(f"{path}: not written: {found}, which JSON cannot hold") from None
+    write_text_atomic(path, text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temp file of its own (concurrent writers never collide), readable under
+    the umask, fsynced, then renamed into place and the directory fsynced."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
