@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from memsweep.config import PRECISIONS, CellConfig, DataConfig, ModelConfig, TrainerConfig
-from memsweep.data import ShuffledBatches, TokenRows, random_tokens
+from memsweep.data.batches import ShuffledBatches, TokenRows
+from memsweep.data.uniform import random_tokens
 from memsweep.model import GPT, GPTConfig
 from memsweep.module import MemorizationModule
 from memsweep.runtime import keep_large_allocations_in_heap

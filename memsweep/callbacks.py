@@ -18,16 +18,21 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from tqdm import tqdm
 
 from memsweep.checkpoint import save_checkpoint
 from memsweep.claim import ClaimLost
-from memsweep.config import CellConfig
+from memsweep.config import CellConfig, ConfigError
+from memsweep.data.batches import ShuffledBatches
 from memsweep.console import duration, emit, line_seconds, on_terminal
 from memsweep.evaluation import sharded_nll_bits, uniform_memorization
 from memsweep.model import paper_param_count
 from memsweep.preemption import PreemptionFlag
-from memsweep.schedule import Plateau
+from memsweep.saturation import DoublingRule, Plateau, decay_steps, final_decay_start, probe_steps
+from memsweep.schedule import linear_decay
 
 
 class StepTimer(L.Callback):
@@ -61,6 +66,18 @@ class StepTimer(L.Callback):
 
 
 class MemorizationMonitor(L.Callback):
+    """Measures memorization over whole token sets and decides when the cell has saturated.
+
+    Under trainer.schedule=wsd it runs the `doubling` rule's decay branches (memsweep/saturation.py)
+    itself, inside the step boundary of stable step T_k: it copies the model and optimizer state,
+    trains cooldown * T_k steps on the batches the stable run sees next with the learning rate
+    decaying linearly to zero, evaluates, then keeps the decayed model and stops (saturated) or
+    puts the copy back, so the stable run goes on exactly as it would without the branch.
+    Lightning's global_step, the sampler and the checkpoints thus only ever see stable steps. A
+    stop request (signal, claim) during a branch abandons it; the checkpoint at T_k marks it
+    pending and the resumed run replays it before its first step.
+    """
+
     def __init__(self, cfg: CellConfig, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
                  metrics_path: Path, timer: StepTimer, fence: Callable[[], None] = lambda: None):
         self.cfg = cfg
@@ -68,7 +85,15 @@ class MemorizationMonitor(L.Callback):
         self.train_tokens, self.heldout_tokens = train_tokens, heldout_tokens
         self.metrics_path = metrics_path
         self.timer = timer
-        self.plateau = Plateau(cfg.trainer.saturation)
+        t, s = cfg.trainer, cfg.trainer.saturation
+        self.wsd = t.schedule == "wsd"
+        self.plateau = Plateau(s)
+        self.doubling = DoublingRule(s)
+        self.probe_steps = set(probe_steps(s.min_steps, t.max_steps, s.cooldown)) if self.wsd else set()
+        self.pending_branch: int | None = None
+        """A decay branch abandoned for a stop request, to be replayed on resume."""
+        self.branch_steps = 0
+        """Steps trained in decay branches (kept or not): compute that global_step does not count."""
         self.stop_step: int | None = None
         self.saturated_at_step: int | None = None
         self.last: dict[str, float] = {}
@@ -81,17 +106,20 @@ class MemorizationMonitor(L.Callback):
                                 trainer.precision_plugin.forward_context, trainer.global_rank,
                                 trainer.world_size, trainer.strategy.all_gather)
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, branch_steps: int = 0) -> dict[str, float]:
+        """The metrics row of the model as it is now; a branch's row has the step it branched
+        from, its `branch_steps`, and the tokens behind the evaluated model."""
         S, V = self.cfg.data.seq_len, self.cfg.data.vocab_size
         self.per_sample_nll_bits = {"train": self._nll(trainer, pl_module, self.train_tokens),
                                     "heldout": self._nll(trainer, pl_module, self.heldout_tokens)}
         train = uniform_memorization(self.per_sample_nll_bits["train"], S, V)
         heldout = uniform_memorization(self.per_sample_nll_bits["heldout"], S, V)
         step = trainer.global_step
-        return {
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else 0.0
+        row = {
             "step": step,
-            "tokens_seen": step * self.cfg.trainer.batch_size * S,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else 0.0,
+            "tokens_seen": (step + branch_steps) * self.cfg.trainer.batch_size * S,
+            "lr": 0.0 if branch_steps else lr,  # the rate of the next step: a finished decay's is 0
             "train_seconds": self.timer.train_seconds,
             "memorized_bits": train.memorized_bits,
             "memorized_bits_unclipped": train.memorized_bits_unclipped,
@@ -102,10 +130,13 @@ class MemorizationMonitor(L.Callback):
             "test_loss_bits": heldout.loss_bits,
             "heldout_memorized_bits": heldout.memorized_bits,
         }
+        if self.wsd:
+            row["branch_steps"] = branch_steps
+        return row
 
-    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, branch_steps: int = 0) -> dict[str, float]:
         check_training_loss(trainer, pl_module)
-        row = self._evaluate(trainer, pl_module)
+        row = self._evaluate(trainer, pl_module, branch_steps)
         bad = [k for k, v in row.items() if not math.isfinite(v)]
         if bad:
             raise NonFiniteError(f"non-finite {', '.join(bad)} at step {row['step']} "
@@ -119,27 +150,104 @@ class MemorizationMonitor(L.Callback):
                 if new_file:
                     writer.writeheader()
                 writer.writerow(row)
+        prefix = "decay" if branch_steps else "eval"
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+            logger.log_metrics({f"{prefix}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
         return row
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.global_step == 0:  # a resumed cell already has this row
+        if self.wsd and isinstance(trainer.strategy, DeepSpeedStrategy):
+            raise ConfigError("trainer.strategy: schedule=wsd snapshots the optimizer state for its decay "
+                              "branches, which DeepSpeed shards; set trainer.strategy=ddp or schedule=cosine")
+        step = trainer.global_step
+        if step == 0:  # a resumed cell already has this row
             self._record(trainer, pl_module)
+        if self.stop_step is not None and step >= self.stop_step:  # resumed from the checkpoint of its last step
+            trainer.should_stop = True
+            if self.last_eval_step == step:
+                self._evaluate(trainer, pl_module)  # only the per-sample NLLs: the row is written
+        elif self.pending_branch is not None and not self._probe(trainer, pl_module, self.pending_branch):
+            self._checkpointer(trainer).on_train_batch_end(trainer, pl_module, None, None, 0)  # stop as at a step end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.stop_step is not None and step >= self.stop_step:
             trainer.should_stop = True
             return
-        if step % self.cfg.trainer.eval_interval:
-            return
-        row = self._record(trainer, pl_module)
-        if self.stop_step is None and self.plateau.update(step, row["memorized_bits"]):
-            self.saturated_at_step = step
-            self.stop_step = pl_module.lr_schedule.start_cooldown(step)
-            if self.stop_step <= step:
+        evaluated = step % self.cfg.trainer.eval_interval == 0 or (self.wsd and step == trainer.max_steps)
+        if evaluated:
+            row = self._record(trainer, pl_module)
+            if not self.wsd and self.stop_step is None and self.plateau.update(step, row["memorized_bits"]):
+                self.saturated_at_step = step
+                self.stop_step = pl_module.lr_schedule.start_cooldown(step)
+                if self.stop_step <= step:
+                    trainer.should_stop = True
+        if self.wsd and step == trainer.max_steps:  # the final decay ended here: its point on the curve
+            start = final_decay_start(trainer.max_steps, self.cfg.trainer.saturation.cooldown)
+            self.doubling.add(start, step - start, self.last["memorized_bits"], final=True)
+        if step in self.probe_steps:
+            self._probe(trainer, pl_module, step)
+
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> bool:
+        """The decay branch from stable step `step` and the decision on it; False if abandoned."""
+        optimizer = trainer.optimizers[0]
+        stable_state = _cpu_copy(pl_module.model.state_dict()), _cpu_copy(optimizer.state_dict())
+        decay = decay_steps(step, self.cfg.trainer.saturation.cooldown)
+        trained = self._train_branch(trainer, pl_module, step, decay)
+        self.pending_branch = None if trained else step
+        if trained:
+            probe = self.doubling.add(step, decay, self._record(trainer, pl_module, decay)["memorized_bits"])
+            if self.doubling.saturated(probe):  # keep the decayed model as the cell's result
+                self.saturated_at_step = self.stop_step = step
                 trainer.should_stop = True
+                return True
+        pl_module.model.load_state_dict(stable_state[0])
+        optimizer.load_state_dict(stable_state[1])
+        return trained
+
+    def _train_branch(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, decay: int) -> bool:
+        """Train `decay` steps from stable step `step` as Lightning's step would (same batches as
+        the stable run's next ones, loss, all-reduced gradients, clipping, AdamW), with the rate
+        decaying linearly from the stable one to zero. False if a stop was requested on the way."""
+        t, d = self.cfg.trainer, self.cfg.data
+        optimizer, model, device = trainer.optimizers[0], pl_module.model, pl_module.device
+        batches = iter(ShuffledBatches(d.n_samples, t.batch_size, self.cfg.seed, start_batch=step,
+                                       rank=trainer.global_rank, world_size=trainer.world_size))
+        stable_lr = t.lr * pl_module.lr_schedule(step)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        model.train()
+        for i in range(decay):
+            if self._stop_requested(trainer):
+                return False
+            started = time.perf_counter()
+            tokens = torch.from_numpy(np.asarray(self.train_tokens[next(batches)], dtype=np.int64)).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = stable_lr * linear_decay(i, decay)
+            optimizer.zero_grad()
+            with trainer.precision_plugin.train_step_context():
+                loss = pl_module.loss(tokens)  # the training step's own loss
+            nonfinite |= ~torch.isfinite(loss.detach())
+            loss.backward()
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad = trainer.strategy.reduce(p.grad, reduce_op="mean")
+            trainer.precision_plugin.clip_gradients(optimizer, t.grad_clip, GradClipAlgorithmType.NORM)
+            optimizer.step()
+            self.timer.train_seconds += time.perf_counter() - started
+            self.branch_steps += 1
+        optimizer.zero_grad()
+        if trainer.strategy.reduce_boolean_decision(bool(nonfinite), all=False):
+            raise NonFiniteError(f"non-finite training loss in the decay branch from step {step}")
+        return True
+
+    def _checkpointer(self, trainer: L.Trainer) -> "Checkpointer | None":
+        return next((c for c in trainer.callbacks if isinstance(c, Checkpointer)), None)
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        """The checkpointer's stop request (a signal, a claim), decided over all ranks."""
+        checkpointer = self._checkpointer(trainer)
+        wanted = checkpointer is not None and (checkpointer.flag.requested or checkpointer.claim.must_stop)
+        return trainer.strategy.reduce_boolean_decision(wanted, all=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         step = trainer.global_step
@@ -148,7 +256,18 @@ class MemorizationMonitor(L.Callback):
             self._record(trainer, pl_module)
 
     @property
+    def saturation_rule(self) -> str:
+        return "doubling" if self.wsd else "plateau"
+
+    @property
+    def growth_per_doubling(self) -> list[dict] | None:
+        """The decayed measurements (T_k, decay steps, M_k, g_k) of the doubling rule; None for plateau."""
+        return self.doubling.state_dict() if self.wsd else None
+
+    @property
     def stop_reason(self) -> str:
+        if self.wsd and self.saturated_at_step is not None:
+            return self.doubling.reason(self.doubling.probes[-1])
         if self.stop_step is not None and self.last_eval_step >= self.stop_step:
             return "saturated"
         return "max_steps"
@@ -156,12 +275,26 @@ class MemorizationMonitor(L.Callback):
     def state_dict(self) -> dict:
         return {"history": self.plateau.history, "stop_step": self.stop_step,
                 "saturated_at_step": self.saturated_at_step, "last": self.last,
-                "last_eval_step": self.last_eval_step}
+                "last_eval_step": self.last_eval_step, "doubling": self.doubling.state_dict(),
+                "pending_branch": self.pending_branch, "branch_steps": self.branch_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau.history = list(state["history"])
         self.stop_step, self.saturated_at_step = state["stop_step"], state["saturated_at_step"]
         self.last, self.last_eval_step = dict(state["last"]), state["last_eval_step"]
+        self.doubling.load_state_dict(state.get("doubling", []))
+        self.pending_branch, self.branch_steps = state.get("pending_branch"), state.get("branch_steps", 0)
+
+
+def _cpu_copy(state):
+    """A copy of a (nested) state dict with every tensor copied to the CPU: what a branch puts back."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state
 
 
 class NonFiniteError(FloatingPointError):
@@ -228,6 +361,8 @@ class CellProgress(L.Callback):
         last, seconds = self.monitor.last, self.timer.train_seconds
         tokens = step * self.cfg.trainer.batch_size * self.cfg.data.seq_len
         rate = f" {tokens / seconds:,.0f} tok/s" if seconds else ""
+        if self.cfg.data.kind == "text":  # during training only the uniform code is at hand, not the reference
+            return f"train loss {last['train_loss_bits']:.3f} bits/token, test {last['test_loss_bits']:.3f}{rate}"
         return f"memorized {last['memorized_bits']:,.0f} bits ({100 * last['memorized_fraction']:.1f}%){rate}"
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -244,7 +379,9 @@ class CellProgress(L.Callback):
         resumed = f", resuming at step {self._start_step:,}" if self._start_step else ""
         emit(f"memsweep: {self.cfg.cell_id} training {m.n_layer}L d{m.d_model} "
              f"(P={paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model):,}) on {d.n_samples:,} "
-             f"samples ({d.n_samples * d.seq_len * math.log2(d.vocab_size):,.0f} bits), {self.cfg.precision}, "
+             + (f"sequences of {d.corpus} text (V={d.vocab_size:,} {d.tokenizer})" if d.kind == "text" else
+                f"samples ({d.n_samples * d.seq_len * math.log2(d.vocab_size):,.0f} bits)")
+             + f", {self.cfg.precision}, "
              f"up to {trainer.max_steps:,} steps{resumed}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

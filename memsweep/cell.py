@@ -24,7 +24,8 @@ from memsweep.checkpoint import clean_partials, newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import quiet_lightning
-from memsweep.data import HELDOUT_BRANCH, ShuffledBatches, TokenRows, random_tokens
+from memsweep.data.batches import ShuffledBatches, TokenRows
+from memsweep.data.source import CellTokens, cell_tokens
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
@@ -37,6 +38,8 @@ from memsweep.strategy import trainer_kwargs
 
 METRICS_FILE = "metrics.csv"
 PER_SAMPLE_FILE = "per_sample_nll_bits.npz"
+TOP_MEMORIZED_FILE = "top_memorized.json"
+"""Text cells: the most memorized training sequences, as text (memsweep.text.measure)."""
 
 
 def gpt_config(cfg: CellConfig, device: torch.device) -> GPTConfig:
@@ -63,18 +66,27 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or device.type
 
 
-def run_cell_dir(cell_dir: Path) -> dict[str, Any]:
+def run_cell_dir(cell_dir: Path, wait_for_reference: bool = True) -> dict[str, Any]:
     """Run the cell whose config.yaml is in `cell_dir`: what a queued or requeued job calls.
 
     Skips a done cell and a cell another live process holds; resumes from the newest valid
     checkpoint; after a preemption signal it checkpoints, asks SLURM to requeue the job and exits
     without a result, so the requeued job picks the cell up again from that checkpoint.
+    A text cell first makes sure its reference cell is done (memsweep.text.reference): it
+    returns `blocked` if the reference failed, `waiting` (wait_for_reference=False) while another
+    process trains it, and trains a reference that nobody runs itself, first.
     """
     cell_dir = Path(cell_dir).resolve()
     cfg = load_cell_config(cell_dir / CONFIG_FILE)
     previous = read_result(cell_dir)
     if previous is not None and previous.get("status") == "done":
         return previous
+    if cfg.reference_config() is not None:
+        from memsweep.text.reference import ensure_reference
+
+        ready = ensure_reference(cfg, cell_dir, wait=wait_for_reference)
+        if ready != "ready":
+            return {"status": ready, "cell_id": cfg.cell_id}
     # Rank 0 claims for the whole launch; the others learn of a lost claim through the
     # checkpointer's collective stop decision.
     claim = CellClaim(cell_dir, cfg.trainer.lease_seconds) if _is_global_zero() else NoClaim()
@@ -127,7 +139,7 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
             reserve.hold()
         write_record(base)
         check_resources(cfg, run_dir)
-        record = {**base, **_train(cfg, run_dir, claim)}
+        record = {**base, **_train(cfg, run_dir, claim, previous)}
         reserve.free()
         write_record(record)
     except ClaimLost as lost:
@@ -189,12 +201,28 @@ def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: l
     )
 
 
-def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[str, Any]:
+def _check_same_pool(tokens: CellTokens, previous: dict[str, Any] | None, checkpoint: Path | None) -> None:
+    """A text cell resumes only from checkpoints trained on the same pool: a corpus package
+    update or a retrained tokenizer changes the token ids under the same cell id."""
+    before = ((previous or {}).get("text") or {}).get("pool_sha256")
+    if checkpoint is not None and tokens.text is not None and before and before != tokens.text["pool_sha256"]:
+        raise ValueError(f"this cell's checkpoints were trained on text pool {before[:12]}, but the corpus and "
+                         f"tokenizer now give pool {tokens.text['pool_sha256'][:12]} (the corpus text or the "
+                         "tokenizer changed); move the cell dir away to retrain it from scratch")
+
+
+def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
+           previous: dict[str, Any] | None = None) -> dict[str, Any]:
     data, trainer_cfg = cfg.data, cfg.trainer
-    train_tokens = random_tokens(data.n_samples, data.seq_len, data.vocab_size, data.seed,
-                                 memmap_path=run_dir / f"train_tokens.rank{rank_zero_only.rank}.npy")
-    heldout_tokens = random_tokens(data.n_heldout, data.seq_len, data.vocab_size, data.seed, branch=HELDOUT_BRANCH)
+    tokens = cell_tokens(data, run_dir, rank_zero_only.rank)
+    train_tokens, heldout_tokens = tokens.train, tokens.heldout
+    reference = _reference(cfg, run_dir, tokens)
     checkpoint = _resume_point(run_dir)
+    _check_same_pool(tokens, previous, checkpoint)
+    if tokens.text is not None and _is_global_zero():
+        claim.check()
+        write_json_atomic(run_dir / RESULT_FILE, {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg),
+                                                  "versions": versions(), "text": tokens.text})
     start_step = step_of(checkpoint) if checkpoint else 0
 
     device = _accelerator_device(trainer_cfg.accelerator)
@@ -221,7 +249,7 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[s
 
     model = module.model
     steps = trainer.global_step
-    tokens_seen = steps * trainer_cfg.batch_size * data.seq_len
+    tokens_seen = (steps + monitor.branch_steps) * trainer_cfg.batch_size * data.seq_len  # decay branches train too
     stopped = checkpointer.stop_cause is not None
     requeue = stopped and flag.wants_requeue and not claim.must_stop
     common = {"status": ("preempted" if requeue else "interrupted") if stopped else "done", "steps": steps,
@@ -231,9 +259,14 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[s
     if stopped:
         close_logger(logger, None)
         return common
+    text_fields, arrays, top = {}, {}, None
+    if tokens.text is not None and trainer.is_global_zero:
+        text_fields, arrays, top = _measure_text(cfg, model, tokens, monitor.per_sample_nll_bits, reference)
     if trainer.is_global_zero:
         claim.check()
-        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits)
+        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits, **arrays)
+        if top is not None:
+            write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
     final = monitor.last
     n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)
     record = {
@@ -265,11 +298,61 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim) -> dict[s
         "tokens_per_sec": tokens_seen / timer.train_seconds if timer.train_seconds else None,
         "stop_reason": monitor.stop_reason,
         "saturated_at_step": monitor.saturated_at_step,
+        "saturation_rule": monitor.saturation_rule,
+        "growth_per_doubling": monitor.growth_per_doubling,
+        "branch_steps": monitor.branch_steps,
         "device": str(next(model.parameters()).device),
         "device_name": _device_name(next(model.parameters()).device),
         "world_size": trainer.world_size,
         "strategy": type(trainer.strategy).__name__,
         "cell_id": cfg.cell_id,
+        "data_kind": data.kind,
+        **text_fields,
     }
     close_logger(logger, record)
     return record
+
+
+def _reference(cfg: CellConfig, run_dir: Path, tokens: CellTokens) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The reference cell's record and per-sample NLLs (text cells that have one), read before
+    training so that a missing or mismatched reference fails the cell at once."""
+    if tokens.text is None:
+        return None
+    from memsweep.text.reference import reference_dir, reference_nll_bits
+
+    if reference_dir(cfg, run_dir) is None:
+        return None
+    return reference_nll_bits(cfg, run_dir, tokens.text["pool_sha256"])
+
+
+def _measure_text(cfg: CellConfig, model: torch.nn.Module, tokens: CellTokens, nll: dict[str, np.ndarray],
+                  reference: tuple[dict, dict[str, np.ndarray]] | None) -> tuple[dict, dict, list]:
+    """The text record fields (memsweep.text.measure); `memorized_bits` becomes the unintended
+    memorization against the reference, the number the paper's text results are about."""
+    from memsweep.text.measure import measure_text_cell
+
+    d = cfg.data
+    fields, arrays, top = measure_text_cell(model, tokens.train, tokens.heldout, nll,
+                                            reference[1] if reference else None, d.vocab_size, tokens.tokenizer,
+                                            cfg.trainer.eval_batch_size)
+    uniform_code = d.n_samples * d.seq_len * math.log2(d.vocab_size)
+    is_reference = cfg.reference_config() is not None and reference is None
+    if reference is not None:
+        against = f"reference cell {reference[0]['cell_id']}"
+    else:
+        against = "itself (the reference cell)" if is_reference else "the uniform code (data.reference=none)"
+    memorized = fields["unintended_bits"] if reference is not None else \
+        (0.0 if is_reference else fields["total_memorized_bits"])
+    dataset_bits = fields["reference_bits"] if cfg.reference_config() is not None else uniform_code
+    fields.update({
+        "text": tokens.text,
+        "reference_cell_id": reference[0]["cell_id"] if reference else (cfg.cell_id if is_reference else None),
+        "is_reference": is_reference,
+        "memorized_against": against,
+        "memorized_bits": memorized,
+        "bits_per_param": memorized / paper_param_count(d.vocab_size, d.seq_len, cfg.model.n_layer, cfg.model.d_model),
+        "memorized_fraction": memorized / dataset_bits if dataset_bits else 0.0,
+        "dataset_bits": dataset_bits,
+        "dataset_bits_uniform_code": uniform_code,
+    })
+    return fields, arrays, top

@@ -7,6 +7,7 @@
     memsweep sync runs/sweeps/capacity                # upload the cells' offline W&B runs
     memsweep run experiment=reproduce-small --workers 2   # plan, run here, report
     memsweep report runs/sweeps/reproduce-small       # capacity, alpha, double descent, MI, throughput
+    memsweep corpus list | fetch small-mixed          # the built-in text corpora (data=text)
 
 Each subcommand is a `_add_<name>(subparsers)` function that registers its parser and handler;
 adding one (e.g. `submit`) is that function plus a line in COMMANDS. Heavy imports stay inside the
@@ -303,8 +304,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_RESUMABLE
     if not args.no_report and _write_report(plan.sweep_dir, None, args.wandb, args.bootstrap, args.peak_tflops):
         return 2  # the report's error is already printed; the cells' results are all on disk
-    if totals["failed"] or totals["corrupt"]:
-        return _error(f"{totals['failed']} cells failed, {totals['corrupt']} corrupt: "
+    if totals["failed"] or totals["corrupt"] or totals["blocked"]:
+        blocked = f", {totals['blocked']} blocked by a failed reference cell" if totals["blocked"] else ""
+        return _error(f"{totals['failed']} cells failed{blocked}, {totals['corrupt']} corrupt: "
                       f"`memsweep status {plan.sweep_dir}` names them")
     if left:
         print(f"memsweep: {left} cells not finished; rerun the same command to resume them", file=sys.stderr)
@@ -324,7 +326,33 @@ def _add_run(commands) -> None:
     p.set_defaults(handler=_run)
 
 
-COMMANDS = [_add_plan, _add_run, add_submit_command, _add_status, _add_collect, _add_report, _add_sync]
+def _corpus(args: argparse.Namespace) -> int:
+    from memsweep.data.corpora import CorpusMissing, corpus_names, fetch_corpus
+    from memsweep.data.text import default_cache_dir
+
+    if args.action == "list":
+        for name, description in corpus_names().items():
+            print(f"{name:18s} {description}")
+        return 0
+    if not args.names:
+        return _error("corpus fetch: name the corpora to install (memsweep corpus list shows them)")
+    for name in args.names:
+        try:
+            for step in fetch_corpus(name, default_cache_dir()):
+                print(f"memsweep: {name}: {step}")
+        except (CorpusMissing, ValueError, OSError) as err:
+            return _error(f"corpus fetch {name}: {err}")
+    return 0
+
+
+def _add_corpus(commands) -> None:
+    p = commands.add_parser("corpus", help="the built-in text corpora: list them, or install them (fetch)")
+    p.add_argument("action", choices=("list", "fetch"))
+    p.add_argument("names", nargs="*", help="corpora to install (fetch), e.g. small-mixed english mixed")
+    p.set_defaults(handler=_corpus)
+
+
+COMMANDS = [_add_plan, _add_run, add_submit_command, _add_status, _add_collect, _add_report, _add_sync, _add_corpus]
 
 
 def main(argv: list[str] | None = None) -> int:

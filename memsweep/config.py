@@ -14,7 +14,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,15 @@ PRECISIONS = {"fp32": "32-true", "bf16": "bf16-true", "bf16-mixed": "bf16-mixed"
 parameters (and AdamW's state) in bf16: true bf16 training, the setting the paper's precision
 result is about. `bf16-mixed` keeps fp32 master weights and computes in bf16."""
 ATTENTION = ("auto", "math", "sdpa")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
+DATA_KINDS = ("uniform", "text")
+TOKENIZERS = ("bpe", "gpt2")
+GPT2_VOCAB = 50_257
+REFERENCES = ("pool", "none")
+TEXT_ONLY_KEYS = ("corpus", "path", "text_field", "hf_name", "hf_config", "hf_split", "hf_revision",
+                  "max_documents", "tokenizer", "heldout_pool", "pool_size", "reference")
+"""DataConfig keys that only text cells read; a uniform cell's id leaves them (and `kind`) out,
+so uniform cell ids are what they were before text existed."""
 LOGGERS = ("csv", "wandb", "none")
 SEED_RANGE = (0, 2**32 - 1)
 """Seeds numpy and torch both accept (Lightning's seed_everything refuses anything else)."""
@@ -52,30 +60,70 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    kind: str = "uniform"
+    """`uniform` (random tokens, Morris et al. section 3) or `text` (a real corpus, sections 4-6)."""
     vocab_size: int = 2048
-    """V: tokens are uniform over V values (log2 V bits each)."""
+    """V. uniform: tokens are uniform over V values (log2 V bits each). text: the vocabulary of the
+    tokenizer (trained to this size for `bpe`; 50257 for `gpt2`)."""
     seq_len: int = 64
     """S: tokens per sequence; also the model's number of positions."""
     n_samples: int = 256
-    """N: training sequences. Dataset bits H = N * S * log2 V."""
+    """N: training sequences. uniform: dataset bits H = N * S * log2 V; text: a prefix of the
+    training pool, so a smaller N is nested in a larger one."""
     n_heldout: int = 1024
-    """Fresh sequences from the same distribution, for test loss."""
+    """Fresh sequences from the same distribution (text: the first of the held-out pool), for test
+    loss, membership inference and the test extraction rate."""
     seed: int = 0
-    """Which random sequences: fixed across model sizes and precisions so cells compare."""
+    """Which sequences (text: the shuffle of the deduplicated pool): fixed across model sizes and
+    precisions so cells compare."""
+    # Text only (ignored, and left out of the cell id, when kind=uniform).
+    corpus: str = "small-mixed"
+    """A built-in corpus (`memsweep corpus list`), `path` (data.path) or `hf` (data.hf_name)."""
+    path: str | None = None
+    """corpus=path: a .txt/.jsonl/.parquet file, a directory or a glob."""
+    text_field: str = "text"
+    """The column holding the text in .jsonl/.parquet files and Hugging Face datasets."""
+    hf_name: str | None = None
+    """corpus=hf: a hub dataset name, or a directory written by `Dataset.save_to_disk`."""
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_revision: str | None = None
+    max_documents: int | None = None
+    """Read at most this many documents of the corpus (null: all), e.g. to cap a hub dataset."""
+    tokenizer: str = "bpe"
+    """`bpe` (byte-level BPE trained on the corpus at vocab_size, cached by the corpus hash) or
+    `gpt2` (GPT-2's own BPE, offline; vocab_size must be 50257)."""
+    heldout_pool: int = 10_000
+    """Sequences set aside, after deduplication and shuffling, as the held-out pool (at most a
+    tenth of the corpus's sequences); a cell uses the first n_heldout of them."""
+    pool_size: int | None = None
+    """Training pool: the first this many sequences after the held-out pool (null: all of them).
+    The reference model is trained on the whole pool."""
+    reference: str = "pool"
+    """Text memorization is measured against `pool`: the same model trained on the whole training
+    pool, a cell of its own that runs first (Morris et al. section 4); `none`: no reference
+    (total memorization against the uniform code only)."""
 
 
 @dataclass
 class SaturationConfig:
+    """When a cell has saturated. The rule follows trainer.schedule: `wsd` uses the `doubling`
+    rule (gain per doubling of steps after a decay), `constant` and `cosine` the `plateau` rule
+    (best of a window against the best before it); memsweep/saturation.py says why."""
+
     window: int = 10
-    """Evaluations to look back over."""
+    """plateau: evaluations to look back over (doubling: unused)."""
     tolerance: float = 0.01
-    """Saturated when the best memorized bits of the last `window` evaluations beat the best
-    before them by less than this fraction."""
+    """plateau: saturated when the best memorized bits of the last `window` evaluations beat the
+    best before them by less than this fraction. doubling: saturated when memorized bits after a
+    decay gain less than this fraction per doubling of the stable steps."""
     min_steps: int = 1000
-    """Never declare saturation before this step."""
+    """plateau: never declare saturation before this step. doubling: the first decay branch, at
+    stable step min_steps; the next ones at 2x, 4x, ... (the first gain is measured at 2x)."""
     cooldown: float = 0.2
-    """On saturation, decay the learning rate linearly to zero over this fraction of the steps
-    taken so far, then stop (0 stops at once)."""
+    """plateau: on saturation, decay the learning rate linearly to zero over this fraction of the
+    steps taken so far, then stop (0 stops at once). wsd: every decay branch, and the final decay
+    that ends at max_steps, lasts this fraction of the stable steps before it (must be > 0)."""
 
 
 @dataclass
@@ -85,7 +133,9 @@ class TrainerConfig:
     lr: float = 1e-2
     warmup_steps: int = 100
     schedule: str = "constant"
-    """`constant` (then the saturation cooldown) or `cosine` (decay to `min_lr_ratio` at max_steps)."""
+    """`constant` (then the saturation cooldown), `cosine` (decay to `min_lr_ratio` at max_steps),
+    both with the plateau rule, or `wsd` (warmup-stable-decay: constant, with decay branches
+    that measure the gain per doubling of steps, and a final decay to zero at max_steps)."""
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     beta1: float = 0.9
@@ -163,6 +213,14 @@ class CellConfig:
         _choice("model.attention", m.attention, ATTENTION)
         _choice("precision", self.precision, tuple(PRECISIONS))
         _choice("trainer.schedule", t.schedule, SCHEDULES)
+        if t.schedule == "wsd":
+            _require(s.cooldown > 0, "trainer.saturation.cooldown",
+                     f"schedule=wsd decays over this fraction of the stable steps; must be > 0, got {s.cooldown}")
+            _require(s.min_steps >= 1, "trainer.saturation.min_steps",
+                     f"schedule=wsd takes its first decay branch at this step; must be >= 1, got {s.min_steps}")
+            _require(t.strategy != "deepspeed", "trainer.strategy",
+                     "schedule=wsd snapshots the optimizer state for its decay branches, which DeepSpeed "
+                     "shards; use ddp, or schedule=cosine")
         _choice("logger.name", self.logger.name, LOGGERS)
         _choice("logger.mode", self.logger.mode, ("auto", "online", "offline"))
         _require(t.lr > 0, "trainer.lr", f"must be > 0, got {t.lr}")
@@ -179,15 +237,53 @@ class CellConfig:
         _require(s.tolerance >= 0, "trainer.saturation.tolerance", f"must be >= 0, got {s.tolerance}")
         _require(s.cooldown >= 0, "trainer.saturation.cooldown", f"must be >= 0, got {s.cooldown}")
         _require(d.vocab_size >= 2, "data.vocab_size", f"needs at least 2 tokens, got {d.vocab_size}")
+        _choice("data.kind", d.kind, DATA_KINDS)
+        if d.kind == "text":
+            self._validate_text()
         from memsweep.strategy import check_strategy  # imported here: memsweep.strategy imports this module
 
         check_strategy(self.precision, t.accelerator, t.devices, t.num_nodes, t.strategy, t.deepspeed_stage)
         return self
 
+    def _validate_text(self) -> None:
+        from memsweep.data.corpora import check_corpus_name  # imported here: it is only needed for text
+
+        d = self.data
+        check_corpus_name(d.corpus)
+        _require(d.corpus != "path" or bool(d.path), "data.path", "corpus=path needs data.path (a file, directory or glob)")
+        _require(d.corpus != "hf" or bool(d.hf_name), "data.hf_name", "corpus=hf needs data.hf_name (a hub name or a saved dataset dir)")
+        _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+        _require(d.tokenizer != "gpt2" or d.vocab_size == GPT2_VOCAB, "data.vocab_size",
+                 f"GPT-2's tokenizer has {GPT2_VOCAB} tokens; set data.vocab_size={GPT2_VOCAB} (got {d.vocab_size})")
+        _require(d.tokenizer != "bpe" or 260 <= d.vocab_size <= 1_000_000, "data.vocab_size",
+                 f"a byte-level BPE needs 260 to 1,000,000 tokens (256 bytes and specials first), got {d.vocab_size}")
+        _choice("data.reference", d.reference, REFERENCES)
+        _require(d.heldout_pool >= d.n_heldout, "data.heldout_pool",
+                 f"must hold data.n_heldout={d.n_heldout} sequences, got {d.heldout_pool}")
+        _require(d.pool_size is None or d.pool_size >= d.n_samples, "data.pool_size",
+                 f"must hold data.n_samples={d.n_samples} sequences, got {d.pool_size}")
+        _require(d.max_documents is None or d.max_documents >= 1, "data.max_documents",
+                 f"must be >= 1 or null, got {d.max_documents}")
+        _require(d.reference != "pool" or d.pool_size is not None, "data.pool_size",
+                 "data.reference=pool trains the reference on the whole training pool, so the pool needs a "
+                 "size: set data.pool_size (or data.reference=none)")
+
+    def reference_config(self) -> "CellConfig | None":
+        """The cell whose per-sample NLLs a text cell's memorization is measured against: the same
+        model, recipe and seeds trained on the whole training pool (None: no reference). A cell
+        trained on the whole pool is its own reference."""
+        d = self.data
+        if d.kind != "text" or d.reference == "none":
+            return None
+        return replace(self, data=replace(d, n_samples=d.pool_size))
+
     def result_relevant(self) -> dict[str, Any]:
         """Everything that can change the measured result (not where or how it is logged)."""
         relevant = asdict(self)
         del relevant["logger"]
+        if self.data.kind == "uniform":
+            for key in ("kind", *TEXT_ONLY_KEYS):
+                del relevant["data"][key]
         for key in ("accelerator", "devices", "num_nodes", "strategy", "deepspeed_stage"):
             del relevant["trainer"][key]  # where it trains: the global batch, hence the run, is the same
         for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",

@@ -73,6 +73,13 @@ def duration(seconds: float) -> str:
 
 def cell_summary(record: dict[str, Any]) -> str:
     """A finished cell in one line: what it memorized, per parameter, and how long it took."""
+    if record.get("data_kind") == "text":
+        against = "it is the reference" if record.get("is_reference") else f"against {record['memorized_against']}"
+        extraction = ", ".join(f"{k}: {v['train']:.1%}" for k, v in (record.get("extraction") or {}).items())
+        return (f"{record['cell_id']} done: {record['memorized_bits']:,.0f} bits of unintended memorization "
+                f"({against}), {record['bits_per_param']:.3f} bits/param; test loss "
+                f"{record['test_loss_bits']:.3f} bits/token; extracted from prefixes {extraction}; "
+                f"{record['steps']:,} steps ({record['stop_reason']}), {duration(record['wall_seconds'])}")
     return (f"{record['cell_id']} done: memorized {record['memorized_bits']:,.0f} of "
             f"{record['dataset_bits']:,.0f} bits ({100 * record['memorized_fraction']:.1f}%), "
             f"{record['bits_per_param']:.3f} bits/param, {record['steps']:,} steps ({record['stop_reason']}), "
@@ -105,12 +112,12 @@ class SweepProgress:
 
     @staticmethod
     def _settled(totals: dict[str, int]) -> int:
-        return totals["done"] + totals["failed"] + totals["corrupt"]
+        return totals["done"] + totals["failed"] + totals["corrupt"] + totals["blocked"]
 
     def text(self, totals: dict[str, int]) -> str:
         settled = self._settled(totals)
         parts = [f"{totals['running']} running"]
-        parts += [f"{totals[s]} {s}" for s in ("failed", "corrupt") if totals[s]]
+        parts += [f"{totals[s]} {s}" for s in ("failed", "blocked", "corrupt") if totals[s]]
         parts.append(f"{self.n_cells - settled - totals['running']} left")
         if self._started is None and (totals["running"] or settled > self._settled0):
             self._started = time.monotonic()
@@ -124,7 +131,7 @@ class SweepProgress:
             self.bar.n = totals["done"]
             self.bar.set_postfix_str(self.text(totals))  # also redraws the elapsed time
             return
-        shown = tuple(totals[s] for s in ("done", "running", "failed", "corrupt"))
+        shown = tuple(totals[s] for s in ("done", "running", "failed", "blocked", "corrupt"))
         if shown != self._shown:
             self._shown = shown
             emit(f"memsweep: sweep {totals['done']}/{self.n_cells} done, {self.text(totals)}", self.stream)

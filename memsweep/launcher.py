@@ -30,7 +30,7 @@ from typing import Any
 
 import submitit
 
-from memsweep.config import ConfigError
+from memsweep.config import CONFIG_FILE, ConfigError
 from memsweep.console import cell_summary
 from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
 from memsweep.record import read_result, write_json_atomic
@@ -49,7 +49,7 @@ class CellsFailed(RuntimeError):
     """Raised by a job once all its cells have run and some failed, so SLURM records FAILED."""
 
 
-def run_cells(cell_dirs: list[str]) -> dict[str, str]:
+def run_cells(cell_dirs: list[str], wait_for_reference: bool = True) -> dict[str, str]:
     """The job function: run each cell dir in order, one failure does not stop the others.
 
     Module-level so submitit pickles it by reference. Returns {cell dir: status}; raises
@@ -69,7 +69,8 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
             try:
                 from memsweep.cell import run_cell_dir  # torch and Lightning load in the job only
 
-                record = run_cell_dir(Path(cell_dir))  # raises SystemExit once it has requeued the job
+                # raises SystemExit once it has requeued the job
+                record = run_cell_dir(Path(cell_dir), wait_for_reference=wait_for_reference)
             except Exception as err:
                 failed[cell_dir] = outcomes[cell_dir] = f"failed: {type(err).__name__}: {err}"
                 traceback.print_exc()
@@ -80,7 +81,7 @@ def run_cells(cell_dirs: list[str]) -> dict[str, str]:
                                  cell_dirs, outcomes)
             if outcomes[cell_dir] == "done":  # trained here: what it memorized
                 print(f"memsweep: {cell_summary(record)}", flush=True)
-            elif outcomes[cell_dir] != "claimed":  # not when another live process trains it: that one says
+            elif outcomes[cell_dir] not in ("claimed", "waiting"):  # another live process trains it (or its reference)
                 print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
     if failed:
         raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
@@ -254,23 +255,51 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
     todo = [d for d in todo if not _is_done(d) and not is_queued(d, active)]
     if not todo:
         return []
-    groups = [todo[i:i + cells_per_job] for i in range(0, len(todo), cells_per_job)]
     limit = max_array_size if max_array_size is not None else read_max_array_size()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
     folder = Path(log_dir).resolve() / stamp / "%j"
     executor = make_executor(folder, executor_params)
     extra = dict(executor_params.get("additional_parameters") or {})
-    arrays: list[list[submitit.Job]] = []
-    for start, stop, throttle, wait_for in array_plan(len(groups), limit, array_parallelism):
-        dependency = {"dependency": f"afterany:{arrays[wait_for][0].job_id.split('_')[0]}"} if wait_for is not None else {}
-        executor.update_parameters(slurm_array_parallelism=throttle,
-                                   slurm_additional_parameters={**extra, **dependency})
-        chunk = groups[start:stop]
-        jobs = executor.map_array(run_cells, [[str(d) for d in group] for group in chunk])
-        arrays.append(jobs)
-        for job, group in zip(jobs, chunk):
-            _record(job, group, folder.parent)
-    return [job for jobs in arrays for job in jobs]
+    submitted: list[submitit.Job] = []
+    first, after = _by_reference(todo)
+    for phase in (first, after):
+        groups = [phase[i:i + cells_per_job] for i in range(0, len(phase), cells_per_job)]
+        waits_for = _array_ids(submitted)  # empty for the first phase
+        arrays: list[list[submitit.Job]] = []
+        for start, stop, throttle, wait_for in array_plan(len(groups), limit, array_parallelism):
+            ids = waits_for + ([arrays[wait_for][0].job_id.split("_")[0]] if wait_for is not None else [])
+            dependency = {"dependency": "afterany:" + ":".join(ids)} if ids else {}
+            executor.update_parameters(slurm_array_parallelism=throttle,
+                                       slurm_additional_parameters={**extra, **dependency})
+            chunk = groups[start:stop]
+            jobs = executor.map_array(run_cells, [[str(d) for d in group] for group in chunk])
+            arrays.append(jobs)
+            for job, group in zip(jobs, chunk):
+                _record(job, group, folder.parent)
+        submitted += [job for jobs in arrays for job in jobs]
+    return submitted
+
+
+def _by_reference(cell_dirs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(cells that need nothing first, text cells whose reference cell is queued with them): the
+    second set is submitted with an `afterany` dependency on the first set's arrays, so no cell
+    holds a node waiting for its reference. afterany, not afterok: a dependent of a failed
+    reference then starts, sees it failed and ends at once as blocked, instead of pending forever."""
+    from memsweep.config import load_cell_config
+    from memsweep.text.reference import reference_dir
+
+    queued = {d.name for d in cell_dirs}
+    first, after = [], []
+    for d in cell_dirs:
+        ref = None
+        if (d / CONFIG_FILE).exists() and "kind: text" in (d / CONFIG_FILE).read_text():
+            ref = reference_dir(load_cell_config(d / CONFIG_FILE), d)
+        (after if ref is not None and ref.name in queued else first).append(d)
+    return first, after
+
+
+def _array_ids(jobs: list[submitit.Job]) -> list[str]:
+    return list(dict.fromkeys(job.job_id.split("_")[0] for job in jobs))
 
 
 def _record(job: submitit.Job, group: list[Path], folder: Path) -> None:

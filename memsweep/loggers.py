@@ -85,6 +85,20 @@ def close_logger(logger: Logger | bool, record: dict | None) -> None:
     import wandb
 
     if record is not None:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        logger.experiment.summary.update(scalars)
+        logger.experiment.summary.update(_scalars(record))
     wandb.finish()
+
+
+def _scalars(record: dict, prefix: str = "") -> dict:
+    """A record's numbers and words for a W&B summary, nested ones (a text cell's `extraction`
+    rates per prefix, its corpus) flattened to `extraction/8/train`; the nested config is skipped:
+    the run's config has it."""
+    out = {}
+    for key, value in record.items():
+        if key in ("config", "versions", "traceback"):
+            continue
+        if isinstance(value, dict):
+            out.update(_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[prefix + key] = value
+    return out

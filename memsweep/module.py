@@ -24,9 +24,12 @@ class MemorizationModule(L.LightningModule):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
 
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of a batch, taken in float32 also for bf16 logits."""
+        return F.cross_entropy(self.model(batch).float().flatten(0, 1), batch.flatten())
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.flatten())
+        loss = self.loss(batch)
         if self._first_nonfinite is None:
             self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite < 0)

@@ -1,33 +1,22 @@
-"""When to change the learning rate and when to stop: warmup, a base schedule, and a cooldown
-that starts once memorization has plateaued (training to saturation on a budget)."""
+"""The learning-rate multiplier at a step: warmup, then the base schedule (constant, cosine, or
+warmup-stable-decay), and for `constant`/`cosine` a cooldown started once memorization has plateaued.
+
+Under `wsd` the stable phase stays at the peak rate until the final decay, which brings the rate
+linearly to zero exactly at max_steps; the decay branches that measure saturation on the way are
+run by the monitor (memsweep.callbacks) from this schedule's stable value, not by this schedule.
+"""
 
 from __future__ import annotations
 
 import math
 
-from memsweep.config import SaturationConfig, TrainerConfig
+from memsweep.config import TrainerConfig
+from memsweep.saturation import final_decay_start
 
 
-class Plateau:
-    """Says when memorized bits stopped improving.
-
-    Saturated at an evaluation when step >= min_steps and the best value of the last `window`
-    evaluations exceeds the best value before them by less than `tolerance` times that earlier
-    best (floored at one bit, so a run that memorizes nothing at all also ends).
-    """
-
-    def __init__(self, cfg: SaturationConfig):
-        self.cfg = cfg
-        self.history: list[float] = []
-
-    def update(self, step: int, memorized_bits: float) -> bool:
-        self.history.append(memorized_bits)
-        window = self.cfg.window
-        if step < self.cfg.min_steps or len(self.history) <= window:
-            return False
-        best_before = max(self.history[:-window])
-        best_recent = max(self.history[-window:])
-        return best_recent - best_before < self.cfg.tolerance * max(best_before, 1.0)
+def linear_decay(steps_into_decay: int, decay_steps: int) -> float:
+    """Multiplier `steps_into_decay` steps into a linear decay to zero over `decay_steps` steps."""
+    return max(0.0, 1 - steps_into_decay / max(1, decay_steps))
 
 
 class LRSchedule:
@@ -52,8 +41,12 @@ class LRSchedule:
         if cfg.schedule == "cosine":
             progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
             factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "wsd":
+            start = final_decay_start(cfg.max_steps, cfg.saturation.cooldown)
+            if step >= start:
+                factor = linear_decay(step - start, cfg.max_steps - start)
         if self.cooldown_start is not None and step >= self.cooldown_start:
-            factor *= max(0.0, 1 - (step - self.cooldown_start) / max(1, self.cooldown_steps))
+            factor *= linear_decay(step - self.cooldown_start, self.cooldown_steps)
         return factor
 
     def state_dict(self) -> dict:

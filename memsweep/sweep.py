@@ -143,7 +143,28 @@ def plan_sweep(overrides: list[str], sweep_dir: Path | None = None) -> SweepPlan
             except ConfigError as err:
                 raise ConfigError(f"{err} (cell: {' '.join(job) or 'no overrides'})") from None
             cells.setdefault(config.cell_id, PlannedCell(config.cell_id, root / config.cell_id, config, tuple(job)))
-        return SweepPlan(str(master.sweep_name), root, list(cells.values()), tuple(overrides))
+        return SweepPlan(str(master.sweep_name), root, with_references(list(cells.values()), root), tuple(overrides))
+
+
+def with_references(cells: list[PlannedCell], root: Path) -> list[PlannedCell]:
+    """The grid's cells with the reference cells their text memorization is measured against
+    (memsweep.text.reference) added where the grid lacks them, references first: workers walk
+    the plan in order, so the references start before the cells that need them."""
+    references: dict[str, PlannedCell] = {}
+    for cell in cells:
+        reference = cell.config.reference_config()
+        if reference is None or reference.cell_id in references:
+            continue
+        overrides = (*cell.overrides, f"data.n_samples={reference.data.n_samples}")
+        references[reference.cell_id] = next((c for c in cells if c.cell_id == reference.cell_id),
+                                             PlannedCell(reference.cell_id, root / reference.cell_id, reference, overrides))
+    return [*references.values(), *(c for c in cells if c.cell_id not in references)]
+
+
+def reference_of(cell: PlannedCell) -> str | None:
+    """The id of the cell `cell` must wait for, if any."""
+    reference = cell.config.reference_config()
+    return None if reference is None or reference.cell_id == cell.cell_id else reference.cell_id
 
 
 def _finished(cell_dir: Path) -> bool:
@@ -164,7 +185,7 @@ def write_plan(plan: SweepPlan) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sweep_dir": str(plan.sweep_dir),
         "overrides": list(plan.overrides),
-        "cells": [{"cell_id": c.cell_id, "overrides": list(c.overrides)} for c in plan.cells],
+        "cells": [{"cell_id": c.cell_id, "overrides": list(c.overrides), "after": reference_of(c)} for c in plan.cells],
     })
 
 

@@ -24,10 +24,11 @@ from memsweep.config import CONFIG_FILE
 from memsweep.record import RESULT_FILE, read_result
 from memsweep.sweep import SWEEP_FILE, SweepDirError, read_plan
 
-STATES = ("done", "failed", "running", "interrupted", "preempted", "stale", "pending", "corrupt")
+STATES = ("done", "failed", "running", "interrupted", "preempted", "stale", "pending", "blocked", "corrupt")
 """running: a live claim, nothing else; interrupted (SIGINT/SIGTERM, a lost claim) and preempted
 (requeued): stopped with a checkpoint, resumable; stale: the process is gone without a final
-record; pending: never started; corrupt: a file that cannot be read (the detail says which)."""
+record; pending: never started; blocked: never started because the reference cell it is measured
+against failed (text); corrupt: a file that cannot be read (the detail says which)."""
 SKIPPED_FIELDS = ("config", "traceback", "status", "cell_id", "detail")
 """Not in a collected row: the nested config (the cell id and overrides identify the cell), the
 multi-line traceback (result.json keeps it) and the fields the row sets itself."""
@@ -107,7 +108,28 @@ def cell_state(cell_dir: Path, overrides: tuple[str, ...] = (), now: float | Non
         return state("stale", f"process gone: {_dead_claim(claim, now)}; result.json still says running", record)
     if claim is not None:
         return state("stale", f"process gone: {_dead_claim(claim, now)}; no result.json")
-    return state("pending")
+    blocker = reference_blocker(cell_dir, now)
+    return state("blocked", blocker) if blocker else state("pending")
+
+
+def reference_blocker(cell_dir: Path, now: float | None = None) -> str | None:
+    """Why a cell cannot run: its reference cell (a sibling dir) failed or is corrupt; None if it
+    has no reference, or one that is done or can still run."""
+    from memsweep.config import ConfigError, load_cell_config
+
+    try:
+        if "kind: text" not in (cell_dir / CONFIG_FILE).read_text():
+            return None  # a uniform cell: no reference, and no config parse per pending cell
+        cfg = load_cell_config(cell_dir / CONFIG_FILE)
+    except (ConfigError, OSError, ValueError):
+        return None  # a cell without a readable config is reported by whoever runs it
+    reference = cfg.reference_config()
+    if reference is None or reference.cell_id == cfg.cell_id:
+        return None
+    ref = cell_state(cell_dir.parent / reference.cell_id, now=now)
+    if ref.state in ("failed", "corrupt", "blocked"):
+        return f"reference cell {reference.cell_id} {ref.state}: {ref.detail}"
+    return None
 
 
 def _hydra_overrides(cell_dir: Path) -> tuple[str, ...]:

@@ -25,8 +25,10 @@ def test_default_config_composes_and_validates():
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_model_preset_states_its_true_param_count(preset):
-    cell = cell_config(compose_config([f"model={preset}"]))
-    stated = int(re.search(r"P = ([\d,]+)", (CONF / "model" / f"{preset}.yaml").read_text()).group(1).replace(",", ""))
+    text = (CONF / "model" / f"{preset}.yaml").read_text()
+    vocab = int(re.search(r"V ?= ?([\d,]+)", text).group(1).replace(",", ""))  # the vocabulary P is stated at
+    cell = cell_config(compose_config([f"model={preset}", f"data.vocab_size={vocab}"]))
+    stated = int(re.search(r"P = ([\d,]+)", text).group(1).replace(",", ""))
     m, d = cell.model, cell.data
     assert paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model) == stated
     if stated < 10_000_000:  # larger rungs take GBs to build; test_model ties the formula to GPT

@@ -2,7 +2,8 @@ import itertools
 
 import numpy as np
 
-from memsweep.data import BLOCK_ROWS, HELDOUT_BRANCH, ShuffledBatches, random_tokens
+from memsweep.data.batches import ShuffledBatches
+from memsweep.data.uniform import BLOCK_ROWS, HELDOUT_BRANCH, random_tokens
 
 
 def test_same_seed_same_data_and_smaller_sets_are_prefixes():
@@ -30,7 +31,7 @@ def test_tokens_are_uniform():
 
 
 def test_large_datasets_are_memory_mapped(tmp_path, monkeypatch):
-    monkeypatch.setattr("memsweep.data.MEMMAP_BYTES", 1000)
+    monkeypatch.setattr("memsweep.data.uniform.MEMMAP_BYTES", 1000)
     path = tmp_path / "tokens.npy"
     mapped = random_tokens(300, 64, 2048, seed=3, memmap_path=path)
     assert isinstance(mapped, np.memmap) and path.exists()

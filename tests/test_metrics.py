@@ -69,7 +69,7 @@ class HalfBitModel(torch.nn.Module):
 
 
 def test_evaluation_of_a_model_with_known_logits():
-    from memsweep.data import random_tokens
+    from memsweep.data.uniform import random_tokens
     from memsweep.evaluation import per_sample_nll_bits, uniform_memorization
 
     V, S, N = 16, 8, 10

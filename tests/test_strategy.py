@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader
 
 from memsweep.checkpoint import DirectCheckpointIO
 from memsweep.config import ConfigError, TrainerConfig
-from memsweep.data import ShuffledBatches, TokenRows, random_tokens
+from memsweep.data.batches import ShuffledBatches, TokenRows
+from memsweep.data.uniform import random_tokens
 from memsweep.model import GPT, GPTConfig
 from memsweep.module import MemorizationModule
 from memsweep.strategy import (

@@ -109,7 +109,7 @@ def test_write_plan_writes_what_the_runner_reads(tmp_path):
     sweep = json.loads((tmp_path / SWEEP_FILE).read_text())
     assert sweep["name"] == plan.name and sweep["overrides"] == ["experiment=smoke", "seed=3"]
     assert sweep["created"] and sweep["sweep_dir"] == str(tmp_path)
-    assert sweep["cells"] == [{"cell_id": c.cell_id, "overrides": list(c.overrides)} for c in plan.cells]
+    assert sweep["cells"] == [{"cell_id": c.cell_id, "overrides": list(c.overrides), "after": None} for c in plan.cells]
 
 
 def test_write_plan_never_touches_a_done_cell(tmp_path):

@@ -27,6 +27,11 @@ MAY_BE_NAN = ("test_loss", "train_loss")
 """A diverged cell's losses (null in JSON, which has no NaN); every other needed number is finite."""
 OPTIONAL_NUMBERS = ("tokens_per_sec", "world_size")
 """Throughput: may be absent (null), but a number when present."""
+TEXT_NUMBERS = ("unintended_bits", "total_memorized_bits", "generalization_bits", "n_memorized_samples",
+                "reference_bits", "tfidf_spearman", "tfidf_spearman_p", "tfidf_n")
+"""Text records' measures (memsweep.text.measure): may be absent (null), but a number when present."""
+TEXT_MAPPINGS = ("text", "extraction")
+"""Text records' nested fields the report reads (the pool, extraction per prefix): objects when present."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,10 @@ def check_done_record(record: dict) -> None:
         raise ValueError(f"done record lacks fields: {', '.join(lacking)}")
     bad = [k for k in NEEDED_NUMBERS if not (record[k] is None and k in MAY_BE_NAN)
            and not _is_number(record[k], finite=k not in MAY_BE_NAN)]
-    bad += [k for k in OPTIONAL_NUMBERS if record.get(k) is not None and not _is_number(record[k])]
+    bad += [k for k in (*OPTIONAL_NUMBERS, *TEXT_NUMBERS) if record.get(k) is not None and not _is_number(record[k])]
+    bad += [k for k in TEXT_MAPPINGS if record.get(k) is not None and not isinstance(record[k], dict)]
+    if isinstance(record.get("extraction"), dict) and not all(isinstance(v, dict) for v in record["extraction"].values()):
+        bad.append("extraction")
     bad += [] if isinstance(record["precision"], str) else ["precision"]
     if bad:
         raise ValueError(f"done record has invalid values: {', '.join(f'{k}={record[k]!r}' for k in bad)}")

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from memsweep.analysis import plots
+from memsweep.analysis import plots, text_plots
 from memsweep.analysis.capacity import (DATA_CEILING, MIN_MODELS_FOR_INTERCEPT, MIN_SEEDS_FOR_T, capacities,
                                         capacity_summary, fit_alpha)
 from memsweep.analysis.cells import load_sweep
 from memsweep.analysis.double_descent import double_descent_points, resolution_line, test_loss_curves
 from memsweep.analysis.membership import GPT2_SIZES, PAPER_LAW, TARGET_F1, LawFit, fit_law, samples_for_f1
+from memsweep.analysis.text import TEXT_CHARS, build_text_part, split_by_kind
 from memsweep.analysis.paper import (PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, grid_facts,
                                      table1_comparison, verdict_lines)
 from memsweep.analysis.throughput import throughput_summary, throughput_table
@@ -60,7 +61,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     """What could not be computed, and why (a partial sweep, too few sizes, ...)."""
     plots: dict[str, tuple] = field(default_factory=dict)
-    """Figures to draw: name -> (function in memsweep.analysis.plots, its arguments)."""
+    """Figures to draw: name -> (function, its arguments); the function is named as in
+    memsweep.analysis.plots, or as text_plots.<name> for one in memsweep.analysis.text_plots."""
     figures: dict[str, Path] = field(default_factory=dict)
     """Drawn figures: name -> PNG path (filled by write_report)."""
     written: list[str] = field(default_factory=list)
@@ -103,6 +105,24 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
     if cells.empty:
         report.notes.append("no cell has finished: nothing to analyse yet")
         return report
+    cells, text_cells = split_by_kind(cells)
+    if cells.empty:
+        report.notes.append("no uniform-token cell: the capacity, α, double-descent, membership and throughput "
+                            "sections, which are about random tokens, are left out; the text sections follow")
+    else:
+        _uniform_part(report, cells, n_boot, peak_flops)
+    if len(text_cells):
+        alpha = {p: f["alpha"] for p, f in report.summary.get("alpha", {}).items()}
+        part = build_text_part(text_cells, report.sweep_dir, alpha)
+        report.tables.update(part.tables)
+        report.tables["text_membership_predictions"] = _predicted_sizes(part.law)
+        report.summary["text"] = part.summary
+        report.plots.update(part.plots)
+    return report
+
+
+def _uniform_part(report: Report, cells: pd.DataFrame, n_boot: int, peak_flops: float | None) -> None:
+    """The uniform-token sections (capacity, alpha, double descent, membership, throughput)."""
     report.tables["cells"] = cells
     report.summary["grid"] = grid = grid_facts(cells)
 
@@ -147,7 +167,6 @@ def build_report(sweep_dir: Path, n_boot: int = 2000, peak_flops: float | None =
         report.plots["membership"] = ("membership", cells.dropna(subset=["mi_f1"]), law)
     if len(throughput):
         report.plots["throughput"] = ("throughput", throughput)
-    return report
 
 
 def _number(v: float) -> str:
@@ -264,24 +283,16 @@ def _capacity_columns(summary: pd.DataFrame) -> list[str]:
             "seeds_at_grid_edge", "seeds_hit_max_steps", "seeds_at_data_ceiling", "lower_bound"]
 
 
-def markdown(report: Report) -> str:
+def _figure(report: Report, name: str, alt: str) -> list[str]:
+    return [f"![{alt}]({name}.png)", ""] if name in report.plots else []
+
+
+def _uniform_markdown(report: Report) -> list[str]:
     t, s = report.tables, report.summary
-    out = [f"# memsweep report: {report.sweep_dir.name}", "",
-           f"Sweep dir `{report.sweep_dir}`: {s['cells_done']} cells done, {s['cells_missing']} not done.", ""]
-    if s["cells_missing"]:
-        missing = t["missing"]
-        by_state = ", ".join(f"{n} {state}" for state, n in missing["state"].value_counts().items())
-        out += ["## Missing cells (this report is partial)", "",
-                f"{by_state}; every one is listed in `missing.csv`. Not pending:", "",
-                _md_table(missing[missing["state"] != "pending"])]
-    if report.notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
-    if "cells" not in t:
-        return "\n".join(out)
-    out += ["## Verdict", ""] + [f"- {line}" for line in s["verdict"]] + [""]
+    fig = lambda name, alt: _figure(report, name, alt)  # noqa: E731
+    out = ["## Verdict", ""] + [f"- {line}" for line in s["verdict"]] + [""]
     has_t = any(f["alpha_t95"] for f in s["alpha"].values())
     out += ["## Words used in this report", ""] + [f"- {w}" for w in (*WORDS, *[T_WORD] * has_t)] + [""]
-    fig = lambda name, alt: [f"![{alt}]({name}.png)", ""] if name in report.plots else []  # noqa: E731
     out += ["## Capacity", ""] + fig("capacity_curves", "capacity curves") + fig("alpha_fit", "alpha fit")
     out += _alpha_lines(report) + ["", _md_table(t["capacity_summary"], _capacity_columns(t["capacity_summary"]))]
     out += ["## Against the paper", "",
@@ -294,8 +305,109 @@ def markdown(report: Report) -> str:
     out += ["## Double descent", ""] + fig("double_descent", "double descent") + _double_descent_text(t["double_descent"])
     out += ["## Membership inference", ""] + fig("membership", "membership inference") + _membership_text(report)
     out += ["## Throughput", ""] + fig("throughput", "throughput") + [_md_table(t["throughput_summary"])]
-    out += ["## Files", "", "Every table above is a CSV beside this file, at full precision; `cells.csv` has one row "
-            "per finished cell (result.json plus the attack's scores), `report.json` the headline numbers.", ""]
+    return out
+
+
+def _text_section(report: Report, key: str, table: pd.DataFrame, columns: list[str]) -> list[str]:
+    """A text section's sentences and table, or, when it cannot be computed, why not instead."""
+    text = report.summary["text"]
+    if key in text["not_computed"]:
+        return [f"Not computed: {text['not_computed'][key]}.", ""]
+    return [f"- {line}" for line in text["findings"][key]] + ["", _md_table(table, columns)]
+
+
+def _text_law_lines(report: Report) -> list[str]:
+    law = report.summary["text"]["membership_law"]
+    paper = ", ".join(f"{v:g}" for v in law["paper"].values())
+    if law["fit"]:
+        f = law["fit"]
+        return [f"Law F1 = ½[1 + c1 σ(c2 (|D|/P − c3))] fitted over {f['n_cells']} text cells: c1 = {f['c1']:.3g}, "
+                f"c2 = {f['c2']:.4g}, c3 = {f['c3']:.4g} (RMSE {f['rmse']:.3f}); the paper's, fitted on text: {paper}.", ""]
+    return [f"No law fitted to the text cells, and so no predictions from them: {law['not_fitted']}. "
+            f"Only the paper's law ({paper}) is used below.", ""]
+
+
+def _text_markdown(report: Report) -> list[str]:
+    """The "# Text" part: every section compares with the paper in words built from the numbers."""
+    t, text = report.tables, report.summary["text"]
+    fig = lambda name, alt: _figure(report, name, alt)  # noqa: E731
+    out = ["# Text", "", f"{text['cells']} text cells, {text['references']} of them reference cells: the model trained "
+           "on its whole pool, which unintended memorization is measured against (so never a point of a memorization "
+           "curve). Per-seed values are in the `text_*.csv` files beside this one.", ""]
+    if "cells" not in t:
+        out += ["## Words used in this report", ""] + [f"- {w}" for w in WORDS[:3]] + [""]
+    out += ["## Corpus", "", _md_table(t["text_corpora"])]
+    out += ["## Unintended memorization", ""] + fig("text_memorization", "unintended memorization of text")
+    out += ["Unintended bits: Σ max(0, NLL_reference − NLL_model) over the training sequences; total: the same "
+            "against the uniform code S log2 V; generalization: total − unintended.", ""]
+    out += _text_section(report, "memorization", t["text_memorization_mean"],
+                         ["model", "n_samples", "unintended_bits", "unintended_bits_per_sequence", "total_memorized_bits",
+                          "generalization_bits", "n_seeds"])
+    if "memorization" not in text["not_computed"]:
+        out += ["Reference cells:", "", _md_table(t["text_references"]), "### Against the oracle", ""]
+        out += [f"- {line}" for line in text["findings"]["oracle"]] + [""]
+        out += [_md_table(t["text_memorization_mean"], ["model", "n_samples", "oracle_unintended_bits",
+                                                        "oracle_unintended_bits_per_sequence",
+                                                        "oracle_generalization_bits", "n_seeds"])]
+    out += ["## Text capacity", "", "The maximum over N of the mean unintended bits, per model; ≥ marks one at grid edge, a "
+            "lower bound.", ""]
+    out += _text_section(report, "capacity", t["text_capacity"],
+                         ["model", "n_params", "capacity_bits", "bits_per_param", "maximum", "n_samples_at_max",
+                          "largest_n_keeps", "n_sizes", "n_seeds"])
+    out += ["## Extraction", ""] + fig("text_extraction", "extraction rates")
+    out += ["Exact extraction: greedy decoding from the first k tokens reproduces the whole rest of the sequence.", ""]
+    out += _text_section(report, "extraction", t["text_extraction"],
+                         ["model", "n_samples", "seed", "prefix", "train_rate", "n_train", "heldout_rate", "n_heldout",
+                          "train_minus_heldout"])
+    out += ["## Membership inference (text)", ""] + fig("text_membership", "membership inference on text")
+    out += _text_law_lines(report) + [f"- {line}" for line in text["findings"]["membership"]] + [""]
+    out += [_md_table(t["text_membership"], ["model", "n_samples", "seed", "samples_per_param", "mi_f1", "mi_auc"]),
+            "Training sequences |D| predicted for a target F1 at the sizes of the paper's Table 2:", "",
+            _md_table(t["text_membership_predictions"])]
+    out += ["## TF-IDF and the most memorized sequences", ""] + fig("text_tfidf", "TF-IDF against memorization")
+    out += _text_section(report, "tfidf", t["text_tfidf"],
+                         ["model", "n_samples", "seed", "unintended_bits", "tfidf_spearman", "tfidf_spearman_p", "tfidf_n"])
+    top_cell = text["top_memorized_cell"]
+    if top_cell and t["text_top_memorized"].empty:
+        out += [f"Cell {top_cell}, the non-reference cell with the most unintended bits, kept no list of its most "
+                "memorized sequences (top_memorized.json).", ""]
+    elif top_cell:
+        out += [f"The most memorized sequences of cell {top_cell} (the non-reference cell with the most "
+                f"unintended bits), cut to {TEXT_CHARS} characters, ⏎ a line break:", "",
+                _md_table(t["text_top_memorized"], ["rank", "unintended_bits", "tfidf", "script", "extracted_from", "text"])]
+    out += ["## Double descent (text)", ""] + fig("text_loss", "train and test loss on text")
+    out += _text_section(report, "double_descent", t["text_double_descent"],
+                         ["model", "n_params", "maximum", "n_samples_at_max", "test_loss_bits_at_max",
+                          "capacity_ratio_at_max", "n_sizes"])
+    return out
+
+
+def markdown(report: Report) -> str:
+    t, s = report.tables, report.summary
+    out = [f"# memsweep report: {report.sweep_dir.name}", "",
+           f"Sweep dir `{report.sweep_dir}`: {s['cells_done']} cells done, {s['cells_missing']} not done.", ""]
+    if s["cells_missing"]:
+        missing = t["missing"]
+        by_state = ", ".join(f"{n} {state}" for state, n in missing["state"].value_counts().items())
+        out += ["## Missing cells (this report is partial)", "",
+                f"{by_state}; every one is listed in `missing.csv`. Not pending:", "",
+                _md_table(missing[missing["state"] != "pending"])]
+    if report.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    if "cells" not in t and "text" not in s:
+        return "\n".join(out)
+    if "cells" in t:
+        out += _uniform_markdown(report)
+    if "text" in s:
+        out += _text_markdown(report)
+    if "text" not in s:
+        out += ["## Files", "", "Every table above is a CSV beside this file, at full precision; `cells.csv` has one row "
+                "per finished cell (result.json plus the attack's scores), `report.json` the headline numbers.", ""]
+    else:
+        out += ["## Files", "", "Every table above is a CSV beside this file, at full precision; `text_cells.csv` has one "
+                "row per finished text cell" + (" and `cells.csv` one per uniform-token cell" if "cells" in t else "")
+                + " (result.json plus the attack's scores), `report.json` the headline numbers (the text ones under "
+                "\"text\").", ""]
     return "\n".join(out)
 
 
@@ -307,6 +419,12 @@ def _integral(df: pd.DataFrame) -> pd.DataFrame:
         if col.dtype.kind == "f" and col.notna().any() and (col.dropna() % 1 == 0).all():
             out[name] = col.astype("Int64")
     return out
+
+
+def figure_function(name: str):
+    """The function a report.plots entry names: `capacity_curves` in plots, `text_plots.loss` in text_plots."""
+    module, _, function = name.rpartition(".")
+    return getattr({"": plots, "text_plots": text_plots}[module], function)
 
 
 def _png(figure) -> bytes:
@@ -330,7 +448,7 @@ def write_report(report: Report, out_dir: Path) -> Path:
     report.written = []
     for name, (function, *args) in report.plots.items():
         report.figures[name] = out_dir / f"{name}.png"
-        _write_if_changed(report.figures[name], _png(getattr(plots, function)(*args)), report)
+        _write_if_changed(report.figures[name], _png(figure_function(function)(*args)), report)
     for name, table in report.tables.items():
         _write_if_changed(out_dir / f"{name}.csv", _integral(table).to_csv(index=False).encode(), report)
     summary = json.dumps({**report.summary, "notes": report.notes}, indent=2, default=str)
