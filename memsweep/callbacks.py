@@ -9,6 +9,7 @@ callbacks carry their state in checkpoints, so a resumed cell continues exactly 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
@@ -28,7 +29,7 @@ from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig, ConfigError
 from memsweep.data.batches import ShuffledBatches
 from memsweep.console import duration, emit, line_seconds, on_terminal
-from memsweep.evaluation import sharded_nll_bits, uniform_memorization
+from memsweep.evaluation import float32_copy, sharded_nll_bits, uniform_memorization
 from memsweep.model import paper_param_count
 from memsweep.preemption import PreemptionFlag
 from memsweep.saturation import DoublingRule, Plateau, decay_steps, final_decay_start, probe_steps
@@ -130,6 +131,11 @@ class MemorizationMonitor(L.Callback):
             "test_loss_bits": heldout.loss_bits,
             "heldout_memorized_bits": heldout.memorized_bits,
         }
+        if self.cfg.precision == "bf16":  # the same bf16 weights in an fp32 forward (docs/bf16.md)
+            nll = sharded_nll_bits(float32_copy(pl_module.model), self.train_tokens, self.cfg.trainer.eval_batch_size,
+                                   pl_module.device, contextlib.nullcontext, trainer.global_rank,
+                                   trainer.world_size, trainer.strategy.all_gather)
+            row["memorized_bits_fp32_forward"] = uniform_memorization(nll, S, V).memorized_bits
         if self.wsd:
             row["branch_steps"] = branch_steps
         return row

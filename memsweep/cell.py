@@ -31,13 +31,16 @@ from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
 from memsweep.preemption import PreemptionFlag, requeue_slurm_job, slurm_job_id
 from memsweep.preflight import check_resources
-from memsweep.record import RESULT_FILE, clean_temp_files, read_result, versions, write_json_atomic
+from memsweep.record import RESULT_FILE, TEMP_SUFFIX, clean_temp_files, read_result, versions, write_json_atomic
 from memsweep.reserve import SpaceReserve, is_disk_full
 from memsweep.runtime import keep_large_allocations_in_heap
 from memsweep.strategy import trainer_kwargs
 
 METRICS_FILE = "metrics.csv"
 PER_SAMPLE_FILE = "per_sample_nll_bits.npz"
+MODEL_FILE = "model.pt"
+"""Text cells: the trained weights and the GPT config they fit, `torch.load(weights_only=True)`-able,
+for analyses that decode with the final model (memsweep perspectives)."""
 TOP_MEMORIZED_FILE = "top_memorized.json"
 """Text cells: the most memorized training sequences, as text (memsweep.text.measure)."""
 
@@ -267,6 +270,7 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits, **arrays)
         if top is not None:
             write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
+            _save_model(model, run_dir / MODEL_FILE)
     final = monitor.last
     n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)
     record = {
@@ -311,6 +315,14 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
     }
     close_logger(logger, record)
     return record
+
+
+def _save_model(model: torch.nn.Module, path: Path) -> None:
+    """Written to a temporary name (which clean_temp_files removes if a kill leaves it) and renamed,
+    so a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    torch.save({"gpt_config": asdict(model.cfg), "state_dict": model.state_dict()}, partial)
+    partial.replace(path)
 
 
 def _reference(cfg: CellConfig, run_dir: Path, tokens: CellTokens) -> tuple[dict, dict[str, np.ndarray]] | None:

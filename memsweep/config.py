@@ -24,11 +24,18 @@ PRECISIONS = {"fp32": "32-true", "bf16": "bf16-true", "bf16-mixed": "bf16-mixed"
 """memsweep's precision names and the Lightning precision each one selects. `bf16` stores the
 parameters (and AdamW's state) in bf16: true bf16 training, the setting the paper's precision
 result is about. `bf16-mixed` keeps fp32 master weights and computes in bf16."""
+BF16_OPTIMIZERS = ("bf16", "fp32-state", "stochastic-rounding")
+"""trainer.bf16_optimizer, the optimizer of a precision=bf16 cell (docs/bf16.md): `bf16` is torch's
+AdamW with its moments in bf16 (the default, what precision=bf16 always was); `fp32-state` keeps
+the moments and the update in fp32 and rounds the new weight to nearest bf16; `stochastic-rounding`
+rounds it stochastically (unbiased). The weights are bf16 in all three (memsweep/optim.py)."""
 ATTENTION = ("auto", "math", "sdpa")
 SCHEDULES = ("constant", "cosine", "wsd")
 DATA_KINDS = ("uniform", "text")
 TOKENIZERS = ("bpe", "gpt2")
 GPT2_VOCAB = 50_257
+TEXT_VOCAB = 2048
+"""The trained BPE's size when data=text leaves data.vocab_size null."""
 REFERENCES = ("pool", "none")
 TEXT_ONLY_KEYS = ("corpus", "path", "text_field", "hf_name", "hf_config", "hf_split", "hf_revision",
                   "max_documents", "tokenizer", "heldout_pool", "pool_size", "reference")
@@ -62,9 +69,10 @@ class ModelConfig:
 class DataConfig:
     kind: str = "uniform"
     """`uniform` (random tokens, Morris et al. section 3) or `text` (a real corpus, sections 4-6)."""
-    vocab_size: int = 2048
+    vocab_size: int | None = 2048
     """V. uniform: tokens are uniform over V values (log2 V bits each). text: the vocabulary of the
-    tokenizer (trained to this size for `bpe`; 50257 for `gpt2`)."""
+    tokenizer (trained to this size for `bpe`; 50257 for `gpt2`); null: the tokenizer's own
+    (50257 for gpt2, TEXT_VOCAB for bpe), resolved before the cell id is computed."""
     seq_len: int = 64
     """S: tokens per sequence; also the model's number of positions."""
     n_samples: int = 256
@@ -166,6 +174,9 @@ class TrainerConfig:
     deepspeed_stage: int | None = None
     """ZeRO stage 1, 2 or 3 with strategy=deepspeed; null picks the lowest stage that fits."""
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    bf16_optimizer: str = "bf16"
+    """precision=bf16 only: `bf16`, `fp32-state` or `stochastic-rounding` (BF16_OPTIMIZERS); it
+    separates the optimizer's bf16 rounding from the capacity of bf16 weights."""
 
     @property
     def checkpoint_interval(self) -> int:
@@ -213,6 +224,10 @@ class CellConfig:
         _choice("model.attention", m.attention, ATTENTION)
         _choice("precision", self.precision, tuple(PRECISIONS))
         _choice("trainer.schedule", t.schedule, SCHEDULES)
+        _choice("trainer.bf16_optimizer", t.bf16_optimizer, BF16_OPTIMIZERS)
+        _require(t.bf16_optimizer == "bf16" or self.precision == "bf16", "trainer.bf16_optimizer",
+                 f"{t.bf16_optimizer} rounds updates into bf16 weights, so it needs precision=bf16 (got "
+                 f"precision={self.precision}); leave trainer.bf16_optimizer at bf16")
         if t.schedule == "wsd":
             _require(s.cooldown > 0, "trainer.saturation.cooldown",
                      f"schedule=wsd decays over this fraction of the stable steps; must be > 0, got {s.cooldown}")
@@ -290,6 +305,8 @@ class CellConfig:
                     "lease_seconds"):
             del relevant["trainer"][key]
         del relevant["model"]["attention"]
+        if self.trainer.bf16_optimizer == "bf16":
+            del relevant["trainer"]["bf16_optimizer"]  # the default: ids from before the key stay valid
         return relevant
 
     @property
@@ -391,6 +408,9 @@ def cell_config(cfg: DictConfig | dict) -> CellConfig:
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     known = {k: raw[k] for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in raw}
     typed: CellConfig = _build(CellConfig, known, "")
+    if typed.data.vocab_size is None:
+        _require(typed.data.kind == "text", "data.vocab_size", "uniform tokens need a vocabulary size")
+        typed.data.vocab_size = GPT2_VOCAB if typed.data.tokenizer == "gpt2" else TEXT_VOCAB
     return typed.validate()
 
 

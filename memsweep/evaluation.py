@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -62,3 +63,10 @@ def sharded_nll_bits(
 def uniform_memorization(nll_bits: np.ndarray, seq_len: int, vocab_size: int) -> Memorization:
     """Memorization of uniform random sequences, whose reference code length is S*log2 V each."""
     return memorization(nll_bits, uniform_reference_bits(seq_len, vocab_size), seq_len)
+
+
+def float32_copy(model: nn.Module) -> nn.Module:
+    """A float32 copy of `model` (exact: every bf16 number is an fp32 number), to evaluate bf16
+    weights in an fp32 forward, so the arithmetic's share of a bf16 cell's loss is seen apart
+    from what its weights hold. A copy, not an in-place cast: the training state stays as it is."""
+    return copy.deepcopy(model).float()

@@ -1,4 +1,5 @@
-"""The LightningModule: a GPT, its next-token loss, AdamW and the learning-rate schedule."""
+"""The LightningModule: a GPT, its next-token loss, AdamW (memsweep/optim.py) and the
+learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from memsweep.config import TrainerConfig
 from memsweep.model import GPT, GPTConfig
+from memsweep.optim import build_adamw
 from memsweep.schedule import LRSchedule
 
 
@@ -17,6 +19,9 @@ class MemorizationModule(L.LightningModule):
         self.model = GPT(gpt_config)
         self.trainer_config = trainer_config
         self.lr_schedule = LRSchedule(trainer_config)
+        self.rounding_seed = torch.initial_seed()
+        """Seeds trainer.bf16_optimizer=stochastic-rounding: cell.py seeds torch with the cell's seed
+        just before it builds this module, so every run of the cell, and every rank, rounds alike."""
         self._first_nonfinite: torch.Tensor | None = None
         """The first step whose loss was not finite (-1: none yet), kept on the device so that
         checking costs no synchronisation per step; read at evaluations and checkpoints."""
@@ -48,11 +53,9 @@ class MemorizationModule(L.LightningModule):
         cfg = self.trainer_config
         matrices = [p for p in self.parameters() if p.dim() >= 2]
         vectors = [p for p in self.parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
+        optimizer = build_adamw(
             [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-        )
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), bf16_optimizer=cfg.bf16_optimizer, seed=self.rounding_seed)
         # A lambda, not the schedule object: LambdaLR would pickle a callable object's __dict__ into
         # checkpoints; the schedule's state travels through on_save_checkpoint instead.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_schedule(step))

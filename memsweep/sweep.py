@@ -155,7 +155,8 @@ def with_references(cells: list[PlannedCell], root: Path) -> list[PlannedCell]:
         reference = cell.config.reference_config()
         if reference is None or reference.cell_id in references:
             continue
-        overrides = (*cell.overrides, f"data.n_samples={reference.data.n_samples}")
+        overrides = (*(o for o in cell.overrides if not o.startswith("data.n_samples=")),
+                     f"data.n_samples={reference.data.n_samples}")
         references[reference.cell_id] = next((c for c in cells if c.cell_id == reference.cell_id),
                                              PlannedCell(reference.cell_id, root / reference.cell_id, reference, overrides))
     return [*references.values(), *(c for c in cells if c.cell_id not in references)]

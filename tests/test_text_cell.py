@@ -165,3 +165,35 @@ def _record(cell_dir):
         return json.loads((cell_dir / "result.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def test_a_tiny_text_sweep_through_memsweep_run_reports_every_text_section(text_cache, tmp_path):
+    """The user's path: `memsweep run` plans the grid with its references, two workers train
+    them first and the cells after, and the report has every text section with its figures."""
+    import sys
+
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "memsweep.cli", "run", *TINY_TEXT, "data.n_samples=32,64",
+                           "--workers", "2", "--sweep-dir", str(sweep)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 cells done, 0 not done" in done.stdout
+    report = (sweep / "report" / "report.md").read_text()
+    for heading in ("# Text", "## Corpus", "## Unintended memorization", "### Against the oracle", "## Text capacity",
+                    "## Extraction", "## Membership inference (text)", "## TF-IDF and the most memorized sequences",
+                    "## Double descent (text)"):
+        assert f"\n{heading}\n" in report, heading
+    assert "Not computed" not in report.split("## Extraction")[1].split("##")[0]  # 3 N: a curve exists
+    for figure in ("text_memorization", "text_extraction", "text_loss"):
+        assert (sweep / "report" / f"{figure}.png").stat().st_size > 1000
+
+
+def test_a_cell_refuses_to_resume_checkpoints_of_another_text_pool(tmp_path):
+    from memsweep.cell import _check_same_pool
+    from memsweep.data.source import CellTokens
+
+    tokens = CellTokens(np.zeros((1, 4)), np.zeros((1, 4)), {"pool_sha256": "b" * 64})
+    checkpoint = tmp_path / "step-10.ckpt"
+    _check_same_pool(tokens, {"text": {"pool_sha256": "b" * 64}}, checkpoint)  # same pool: resumes
+    _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, None)  # no checkpoint: starts afresh
+    with pytest.raises(ValueError, match="trained on text pool aaaaaaaaaaaa, but the corpus and tokenizer now give"):
+        _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, checkpoint)

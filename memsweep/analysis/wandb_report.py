@@ -20,7 +20,9 @@ from memsweep.config import CONFIG_FILE
 from memsweep.loggers import wandb_mode
 
 TABLES = ("cells", "capacity_summary", "alpha", "double_descent", "membership_predictions",
-          "table1_comparison", "appendix_a1_comparison", "throughput_summary", "missing")
+          "table1_comparison", "appendix_a1_comparison", "throughput_summary", "missing",
+          "text_cells", "text_corpora", "text_memorization_mean", "text_capacity", "text_extraction",
+          "text_membership", "text_membership_predictions", "text_tfidf", "text_top_memorized", "text_double_descent")
 
 
 def _table(df: pd.DataFrame):
