@@ -133,8 +133,8 @@ class MemorizationMonitor(L.Callback):
         }
         if self.cfg.precision == "bf16":  # the same bf16 weights in an fp32 forward (docs/bf16.md)
             nll = sharded_nll_bits(float32_copy(pl_module.model), self.train_tokens, self.cfg.trainer.eval_batch_size,
-                                   pl_module.device, contextlib.nullcontext, trainer.global_rank,
-                                   trainer.world_size, trainer.strategy.all_gather)
+                                   pl_module.device, contextlib.nullcontext, trainer.global_rank, trainer.world_size,
+                                   trainer.strategy.all_gather)
             row["memorized_bits_fp32_forward"] = uniform_memorization(nll, S, V).memorized_bits
         if self.wsd:
             row["branch_steps"] = branch_steps

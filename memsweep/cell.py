@@ -29,6 +29,7 @@ from memsweep.data.source import CellTokens, cell_tokens
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
+from memsweep.optim import optimizer_state_dtype
 from memsweep.preemption import PreemptionFlag, requeue_slurm_job, slurm_job_id
 from memsweep.preflight import check_resources
 from memsweep.record import RESULT_FILE, TEMP_SUFFIX, clean_temp_files, read_result, versions, write_json_atomic
@@ -287,6 +288,9 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         "n_heldout": data.n_heldout,
         "precision": cfg.precision,
         "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "bf16_optimizer": trainer_cfg.bf16_optimizer if cfg.precision == "bf16" else None,
+        "optimizer_state_dtype": optimizer_state_dtype(trainer.optimizers[0]) if trainer.optimizers else None,
+        "memorized_bits_fp32_forward": final.get("memorized_bits_fp32_forward") if data.kind == "uniform" else None,
         "data_seed": data.seed,
         "seed": cfg.seed,
         "dataset_bits": data.n_samples * data.seq_len * math.log2(data.vocab_size),

@@ -8,6 +8,7 @@
     memsweep run experiment=reproduce-small --workers 2   # plan, run here, report
     memsweep report runs/sweeps/reproduce-small       # capacity, alpha, double descent, MI, throughput
     memsweep corpus list | fetch small-mixed          # the built-in text corpora (data=text)
+    memsweep perspectives runs/sweeps/reproduce-text-small --n-samples 256   # Chen et al.'s analyses
 
 Each subcommand is a `_add_<name>(subparsers)` function that registers its parser and handler;
 adding one (e.g. `submit`) is that function plus a line in COMMANDS. Heavy imports stay inside the
@@ -327,7 +328,8 @@ def _add_run(commands) -> None:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from memsweep.data.corpora import CorpusMissing, corpus_names, fetch_corpus
+    from memsweep.data.corpora import CorpusMissing, corpus_names
+    from memsweep.data.fetch import fetch_corpus
     from memsweep.data.text import default_cache_dir
 
     if args.action == "list":
@@ -352,7 +354,61 @@ def _add_corpus(commands) -> None:
     p.set_defaults(handler=_corpus)
 
 
-COMMANDS = [_add_plan, _add_run, add_submit_command, _add_status, _add_collect, _add_report, _add_sync, _add_corpus]
+def _perspectives(args: argparse.Namespace) -> int:
+    """Score the models (memsweep's text cells, Hugging Face causal LMs), then write the report."""
+    try:
+        import torch
+
+        from memsweep.analysis.perspectives import build_perspectives_report, write_perspectives_report
+        from memsweep.perspectives.models import sweep_cells
+        from memsweep.perspectives.run import run_perspectives
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        specs = list(args.sources) + list(args.model or [])
+        if args.n_samples is not None:  # a sweep dir: its cells trained on exactly that many rows
+            specs = [str(c) for spec in specs for c in
+                     (sweep_cells(Path(spec), args.n_samples) if Path(spec).is_dir() and not (Path(spec) / "result.json").exists()
+                      else [spec])]
+        out = run_perspectives(specs, args.corpus, _int_list(args.context), _int_list(args.continuation), args.out,
+                               args.max_rows, args.batch_size, args.device, args.hidden_rows)
+        report = build_perspectives_report(out)
+        path = write_perspectives_report(report, out)
+    except (ValueError, RuntimeError, OSError) as err:
+        return _error(f"perspectives: {err}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_perspectives(commands) -> None:
+    p = commands.add_parser("perspectives", help="Chen et al. 2024's memorization analyses of text models")
+    p.add_argument("sources", nargs="*", help="memsweep sweep or cell dirs of text cells")
+    p.add_argument("--model", action="append", help="hf:NAME@REVISION or path:HF_DIR (repeatable)")
+    p.add_argument("--corpus", help="path:ROWS.npy (token rows), or a built-in corpus for memsweep models "
+                   "(default: the cells' own training rows)")
+    p.add_argument("--n-samples", type=int, help="from a sweep dir, the cells trained on this many rows "
+                   "(default: the largest N of each model size)")
+    p.add_argument("--context", default="32", help="context lengths, comma-separated (default 32)")
+    p.add_argument("--continuation", default="16", help="continuation lengths, comma-separated (default 16)")
+    p.add_argument("--max-rows", type=int, help="score at most this many rows")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--hidden-rows", type=int, default=2048, help="rows whose hidden states are kept (stratified)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the small predictor "
+                   "trains ~100x slower with more on a busy CPU); 0 leaves torch's default")
+    p.add_argument("--out", type=Path, help="default: <sweep dir>/perspectives")
+    p.set_defaults(handler=_perspectives)
+
+
+COMMANDS = [_add_plan, _add_run, add_submit_command, _add_status, _add_collect, _add_report, _add_sync, _add_corpus,
+            _add_perspectives]
 
 
 def main(argv: list[str] | None = None) -> int:

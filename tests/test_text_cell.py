@@ -197,3 +197,20 @@ def test_a_cell_refuses_to_resume_checkpoints_of_another_text_pool(tmp_path):
     _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, None)  # no checkpoint: starts afresh
     with pytest.raises(ValueError, match="trained on text pool aaaaaaaaaaaa, but the corpus and tokenizer now give"):
         _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, checkpoint)
+
+
+def test_memsweep_perspectives_scores_the_trained_text_cells_and_writes_its_report(trained, tmp_path):
+    """The CLI end to end on a real (tiny) text cell: scores its own training rows, then the
+    report, which says what one model size cannot show."""
+    from memsweep.cli import main
+
+    sweep, cfg, _ = trained
+    out = tmp_path / "perspectives"
+    assert main(["perspectives", str(sweep), "--context", "8,16", "--continuation", "8", "--out", str(out)]) == 0
+    scores = sorted(p.name for p in (out / "scores").glob("*.csv"))
+    assert len(scores) == 2, scores  # one model x two contexts
+    with np.load(next((out / "scores").glob("*k8_n8.npz"))) as npz:
+        assert npz["score"].shape == (64,) and set(np.unique(npz["score"] * 8)) <= set(range(9))
+    report = (out / "perspectives.md").read_text()
+    assert "Not computed" in report.split("Transitions")[1].split("\n## ")[0]  # one model size: no transitions
+    assert main(["perspectives", str(sweep), "--context", "60", "--continuation", "8", "--out", str(out)]) == 2

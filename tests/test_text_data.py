@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from memsweep.config import ConfigError, DataConfig
-from memsweep.data import corpora, text, tokenizer
+from memsweep.data import cleaners, corpora, text, tokenizer
 from memsweep.data.corpora import CorpusMissing, read_documents, text_sha256
 from memsweep.data.sequences import cut_windows, deduplicate, heldout_size, shuffle_split
 from memsweep.data.text import cell_text_tokens, load_text_pool
@@ -229,13 +229,13 @@ def test_a_missing_package_names_the_command_that_installs_it(tmp_path, monkeypa
 def test_text_cleaners_on_hand_examples():
     rst = ".. SPDX-License-Identifier: GPL-2.0\n\n=====\nTitle\n=====\n\n.. toctree::\n   :maxdepth: 1\n\n   intro\n\n" \
           "Call ``foo()`` as :c:func:`foo <bar>`, see `LWN <https://lwn.net>`_ and **this**::\n\n    code stays\n..."
-    assert corpora.strip_rst(rst) == "Title\n\nCall foo() as foo, see LWN and this:\n\n    code stays\n..."
-    assert corpora.brown_text("\t``/`` Hello/uh ,/, Mr./np Pye/np ./.\n\n\tSaid/vbd ''/'' he/pps ./.") == \
+    assert cleaners.strip_rst(rst) == "Title\n\nCall foo() as foo, see LWN and this:\n\n    code stays\n..."
+    assert cleaners.brown_text("\t``/`` Hello/uh ,/, Mr./np Pye/np ./.\n\n\tSaid/vbd ''/'' he/pps ./.") == \
         '"Hello, Mr. Pye. Said" he.'
     page = '<html><head><title>T</title></head><body><div id="banner">Download</div><ul class="docnav"><li>Prev</li>' \
            '</ul><div class="toc">1. Intro</div><h1>Заголовок</h1><p>Один\n  два</p><pre>a\n  b</pre><br/></body></html>'
-    assert corpora.handbook_text(page) == "Заголовок\n\nОдин два\n\na\n  b"
-    assert corpora.unpointed_hebrew("בְּ/רֵאשִׁ֖ית בָּרָ֣א אֱלֹהִ֑ים ס אֶת ־ הָ/אָֽרֶץ ׃") == "בראשית ברא אלהים את־הארץ׃"
+    assert cleaners.handbook_text(page) == "Заголовок\n\nОдин два\n\na\n  b"
+    assert cleaners.unpointed_hebrew("בְּ/רֵאשִׁ֖ית בָּרָ֣א אֱלֹהִ֑ים ס אֶת ־ הָ/אָֽרֶץ ׃") == "בראשית ברא אלהים את־הארץ׃"
 
 
 # ---- the pool ------------------------------------------------------------------------------------

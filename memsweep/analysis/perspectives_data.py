@@ -22,6 +22,7 @@ import pandas as pd
 DEFAULT_CONTEXT, DEFAULT_CONTINUATION = 32, 16
 """Chen et al.'s default configuration (their file tag 32_48)."""
 MODELS_FILE, UNIGRAM_FILE, SCORES_DIR = "models.json", "unigram.npy", "scores"
+MODEL_FIELDS = ["name", "n_params", "kind", "source", "vocab_size"]
 _SCORE_FILE = re.compile(r"^(?P<name>.+)__k(?P<k>\d+)_n(?P<n>\d+)\.npz$")
 
 
@@ -127,7 +128,7 @@ class PerspectivesData:
 def load_perspectives(scores_dir: Path) -> PerspectivesData:
     """Read the out dir's index; score files of models that models.json does not list are refused."""
     scores_dir = Path(scores_dir)
-    models = pd.DataFrame(json.loads((scores_dir / MODELS_FILE).read_text()))
+    models = pd.DataFrame(json.loads((scores_dir / MODELS_FILE).read_text()), columns=MODEL_FIELDS)
     models = models.sort_values("n_params", kind="stable").reset_index(drop=True)
     unigram_path = scores_dir / UNIGRAM_FILE
     data = PerspectivesData(models, np.load(unigram_path) if unigram_path.exists() else None)

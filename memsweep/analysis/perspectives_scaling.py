@@ -78,70 +78,91 @@ def indicator_table(sets: list[ScoreSet], measure: str) -> pd.DataFrame:
     return pd.DataFrame(columns).dropna().astype(np.int64)
 
 
+def _per_row_slopes(indicators: pd.DataFrame, n_params: dict[str, int]) -> list[tuple[str, str, float, np.ndarray]]:
+    """Per consecutive pair: (smaller, larger, decades, each row's share of the count's change per decade)."""
+    names, pairs = list(indicators.columns), []
+    for small, large in zip(names, names[1:]):
+        decades = float(np.log10(n_params[large] / n_params[small]))
+        pairs.append((small, large, decades, (indicators[large] - indicators[small]).to_numpy(float) / decades))
+    return pairs
+
+
+def _sum_se(per_row: np.ndarray) -> float:
+    """The standard error of a sum over rows sampled from the corpus: √R · sd."""
+    return float(np.sqrt(len(per_row)) * per_row.std(ddof=1)) if len(per_row) > 1 else float("nan")
+
+
 def decade_slopes(indicators: pd.DataFrame, n_params: dict[str, int]) -> pd.DataFrame:
     """The count's increase per tenfold parameters between consecutive sizes, with its standard
-    error from the paired rows (√R · sd of the per-row difference, / Δlog10 P)."""
-    rows, names = [], list(indicators.columns)
-    for small, large in zip(names, names[1:]):
-        diff = (indicators[large] - indicators[small]).to_numpy(float)
-        decades = np.log10(n_params[large] / n_params[small])
-        se = np.sqrt(len(diff)) * diff.std(ddof=1) if len(diff) > 1 else float("nan")
-        rows.append({"from_model": small, "to_model": large, "decades": decades, "count_change": diff.sum(),
-                     "slope_per_decade": diff.sum() / decades, "slope_se": se / decades})
-    return pd.DataFrame(rows)
+    error from the paired rows (the same rows scored by both models)."""
+    return pd.DataFrame([{"from_model": small, "to_model": large, "decades": decades,
+                          "count_change": per_row.sum() * decades, "slope_per_decade": per_row.sum(),
+                          "slope_se": _sum_se(per_row)}
+                         for small, large, decades, per_row in _per_row_slopes(indicators, n_params)])
 
 
-def scaling_fits(sets: list[ScoreSet]) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """(fits, per-decade slopes, why there is no fit) for both measures over one configuration's models."""
-    params = {s.model: s.n_params for s in sets}
-    fits, slopes = [], []
-    for measure in MEASURES:
-        indicators = indicator_table(sets, measure)
-        counts = indicators.sum()
-        s = decade_slopes(indicators, params).assign(measure=measure)
-        slopes.append(s)
-        try:
-            fit = log_linear_fit([params[m] for m in counts.index], counts.to_numpy())
-        except ValueError as err:
-            return pd.DataFrame(), pd.concat(slopes, ignore_index=True), str(err)
-        fits.append({"measure": measure, "k": sets[0].k, "n": sets[0].n, "n_rows": len(indicators),
-                     **fit.__dict__, "share_per_decade": fit.slope / len(indicators)})
-    return pd.DataFrame(fits), pd.concat(slopes, ignore_index=True), None
-
-
-def capacity_reading(slopes: pd.DataFrame) -> dict:
-    """Does the per-decade increase shrink from the smallest pair to the largest by more than their
-    combined standard error (the paper's "capacity"), grow by more, or neither?"""
-    first, last = slopes.iloc[0], slopes.iloc[-1]
-    gap, se = first["slope_per_decade"] - last["slope_per_decade"], float(np.hypot(first["slope_se"], last["slope_se"]))
-    verdict = "shrinks" if gap > se else "grows" if -gap > se else "within its standard error"
-    return {"first": f"{first['from_model']}→{first['to_model']}", "first_slope": float(first["slope_per_decade"]),
-            "last": f"{last['from_model']}→{last['to_model']}", "last_slope": float(last["slope_per_decade"]),
+def capacity_reading(indicators: pd.DataFrame, n_params: dict[str, int]) -> dict:
+    """Does the per-decade increase shrink from the smallest pair to the largest (the paper's
+    "capacity"), grow, or change by less than the standard error of the difference (paired over
+    rows, so the model two consecutive pairs share is accounted for)?"""
+    pairs = _per_row_slopes(indicators, n_params)
+    (a, b, _, first), (c, d, _, last) = pairs[0], pairs[-1]
+    gap, se = first.sum() - last.sum(), _sum_se(first - last)
+    verdict = "shrinks by more than" if gap > se else "grows by more than" if -gap > se else "changes by less than"
+    return {"first": f"{a}→{b}", "first_slope": float(first.sum()), "last": f"{c}→{d}", "last_slope": float(last.sum()),
             "difference_se": se, "verdict": verdict}
 
 
-def scaling_words(fits: pd.DataFrame, slopes: pd.DataFrame, not_fitted: str | None, k: int, n: int) -> list[str]:
+@dataclass
+class Scaling:
+    fits: pd.DataFrame
+    slopes: pd.DataFrame
+    reading: dict | None
+    """capacity_reading of the fully memorized counts, with two or more consecutive pairs."""
+    not_fitted: str | None
+    """Why there is no log-linear fit (too few sizes)."""
+
+
+def scaling(sets: list[ScoreSet]) -> Scaling:
+    """Both readings of both measures over one configuration's models, smallest first."""
+    params = {s.model: s.n_params for s in sets}
+    fits, slopes, reading, not_fitted = [], [], None, None
+    for measure in MEASURES:
+        indicators = indicator_table(sets, measure)
+        slopes.append(decade_slopes(indicators, params).assign(measure=measure))
+        if measure == "fully_memorized" and len(sets) >= 3:
+            reading = capacity_reading(indicators, params)
+        counts = indicators.sum()
+        try:
+            fit = log_linear_fit([params[m] for m in counts.index], counts.to_numpy())
+        except ValueError as err:
+            not_fitted = str(err)
+            continue
+        fits.append({"measure": measure, "k": sets[0].k, "n": sets[0].n, "n_rows": len(indicators),
+                     **fit.__dict__, "share_per_decade": fit.slope / len(indicators)})
+    return Scaling(pd.DataFrame(fits), pd.concat(slopes, ignore_index=True), reading, not_fitted)
+
+
+def scaling_words(result: Scaling, k: int, n: int) -> list[str]:
     """Both readings of the counts against parameters, beside the reference note's Pythia numbers."""
-    lines = []
-    if not_fitted:
-        lines.append(f"The log-linear fit cannot be judged: {not_fitted}.")
-    for fit in fits.itertuples():
+    lines = [f"The log-linear fit cannot be judged: {result.not_fitted}."] if result.not_fitted else []
+    for fit in result.fits.itertuples():
         pythia = (f" (Pythia-deduped at 32/16: r = {PYTHIA_FIT['r']}, +{PYTHIA_FIT['rows_per_decade'] / 1e6:.2f}M rows, "
                   f"{PYTHIA_FIT['share_per_decade']:.2%} of the rows, per decade)") if fit.measure == "fully_memorized" else ""
         lines.append(f"{MEASURES[fit.measure].capitalize()} at {k}/{n} over {fit.n_sizes} sizes: count = "
                      f"{fit.intercept:,.0f} {fit.slope:+,.1f}·log10 P, that is {fit.slope:+,.1f} rows "
                      f"({fit.share_per_decade:+.2%} of the {fit.n_rows:,} rows) per decade, Pearson r = {fit.r:.3f}{pythia}.")
-    full = slopes[slopes["measure"] == "fully_memorized"] if len(slopes) else slopes
-    if len(full) >= 2:
-        reading = capacity_reading(full)
-        each = "; ".join(f"{r.from_model}→{r.to_model} {r.slope_per_decade:+,.1f} ± {r.slope_se:,.1f}"
-                         for r in full.itertuples())
-        meaning = {"shrinks": "the shrinking increase the paper reads as a capacity for memorization",
-                   "grows": "the opposite of the paper's capacity reading",
-                   "within its standard error": "no evidence for the paper's capacity reading either way"}[reading["verdict"]]
-        lines.append(f"Per-decade increase of fully memorized rows between consecutive sizes: {each}. From "
-                     f"{reading['first']} to {reading['last']} it {reading['verdict']} (difference standard error "
-                     f"{reading['difference_se']:,.1f}): {meaning}. On Pythia the note finds "
+    if result.reading:
+        r = result.reading
+        full = result.slopes[result.slopes["measure"] == "fully_memorized"]
+        each = "; ".join(f"{s.from_model}→{s.to_model} {s.slope_per_decade:+,.1f} ± {s.slope_se:,.1f}"
+                         for s in full.itertuples())
+        meaning = {"shrinks by more than": "the shrinking increase the paper reads as a capacity for memorization",
+                   "grows by more than": "the opposite of the paper's capacity reading",
+                   "changes by less than": "no evidence for the paper's capacity reading"}[r["verdict"]]
+        lines.append(f"Per-decade increase of fully memorized rows between consecutive sizes: {each}. From {r['first']} "
+                     f"to {r['last']} it {r['verdict']} the standard error of the difference ({r['difference_se']:,.1f}): "
+                     f"{meaning}. On Pythia the note finds "
                      + ", ".join(f"{p} {v / 1e6:.2f}M" for p, v in PYTHIA_SLOPES.items())
                      + " per decade: no shrinking, the paper's reading comes from its evenly spaced size axis.")
     return lines
@@ -155,8 +176,8 @@ def _retained(counts: pd.DataFrame, vary: str) -> pd.DataFrame:
         if len(g) >= 2:
             first, last = g.iloc[0], g.iloc[-1]
             ratio = last["fully_memorized"] / first["fully_memorized"] if first["fully_memorized"] else float("nan")
-            rows.append({"model": model, "n_params": int(first["n_params"]), "from": int(first[vary]),
-                         "to": int(last[vary]), "count_from": int(first["fully_memorized"]),
+            rows.append({"model": model, "n_params": int(first["n_params"]), "value_from": int(first[vary]),
+                         "value_to": int(last[vary]), "count_from": int(first["fully_memorized"]),
                          "count_to": int(last["fully_memorized"]), "ratio": ratio})
     return pd.DataFrame(rows)
 
@@ -168,15 +189,15 @@ def size_effect_words(counts: pd.DataFrame, vary: str, fixed: str, value: int) -
     if table.empty:
         return []
     what = "continuation n" if vary == "n" else "context k"
-    lines = [f"{r.model}: fully memorized rows at {fixed} = {value} go from {r.count_from:,} at {vary} = {getattr(r, 'from')} "
-             f"to {r.count_to:,} at {vary} = {r.to} (ratio {r.ratio:.3g})." for r in table.itertuples()]
+    lines = [f"{r.model}: fully memorized rows at {fixed} = {value} go from {r.count_from:,} at {vary} = {r.value_from} "
+             f"to {r.count_to:,} at {vary} = {r.value_to} (ratio {r.ratio:.3g})." for r in table.itertuples()]
     ratios = table["ratio"].to_numpy(float)
     if len(table) >= 2 and np.isfinite(ratios).all():
         trend = "rises" if np.all(np.diff(ratios) > 0) else "falls" if np.all(np.diff(ratios) < 0) else "is not monotone"
         paper = (f"the paper: counts fall sub-linearly with n and larger models lose more in absolute terms; the note: the "
-                 f"retained share rises with size on Pythia (c64/c16 {PYTHIA_RETAINED['70M']} at 70M, "
-                 f"{PYTHIA_RETAINED['12B']} at 12B)" if vary == "n" else
-                 f"the paper: counts rise almost exponentially with context, more for larger models (ctx 96 / 32 "
-                 f"{PYTHIA_CONTEXT_RATIO['160M']}× at 160M, {PYTHIA_CONTEXT_RATIO['12B']}× at 12B)")
+                 f"retained share rises with size on Pythia, c64/c16 {PYTHIA_RETAINED['70M']} at 70M and "
+                 f"{PYTHIA_RETAINED['12B']} at 12B" if vary == "n" else
+                 f"the paper: counts rise almost exponentially with context, more for larger models; on Pythia ctx 96 / 32 "
+                 f"is {PYTHIA_CONTEXT_RATIO['160M']}× at 160M and {PYTHIA_CONTEXT_RATIO['12B']}× at 12B")
         lines.append(f"The ratio over {what} {trend} with model size ({paper}).")
     return lines

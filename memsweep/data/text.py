@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from memsweep.config import DataConfig
-from memsweep.data.corpora import Corpus, file_lock, make_shared_dir, read_documents
+from memsweep.data.corpora import Corpus, read_documents
+from memsweep.data.locks import file_lock, make_shared_dir
 from memsweep.data.sequences import cut_windows, deduplicate, shuffle_split
 from memsweep.data.tokenizer import TextTokenizer, load_tokenizer
 from memsweep.record import fsync_dir, write_json_atomic

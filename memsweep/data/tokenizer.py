@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from memsweep.config import ConfigError, DataConfig
-from memsweep.data.corpora import Corpus, file_lock
+from memsweep.data.corpora import Corpus
+from memsweep.data.locks import file_lock
 from memsweep.record import write_text_atomic
 
 EOS = "<|endoftext|>"
