@@ -264,6 +264,8 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
     first, after = _by_reference(todo)
     for phase in (first, after):
         groups = [phase[i:i + cells_per_job] for i in range(0, len(phase), cells_per_job)]
+        if not groups:
+            continue
         waits_for = _array_ids(submitted)  # empty for the first phase
         arrays: list[list[submitit.Job]] = []
         for start, stop, throttle, wait_for in array_plan(len(groups), limit, array_parallelism):

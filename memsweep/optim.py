@@ -2,13 +2,14 @@
 
 Why: under precision=bf16 torch's AdamW keeps its moments in bf16 (8 significant bits). With
 beta2 = 0.999, v * beta2 rounds back to v, so the second moment never decays; and the new weight
-is rounded to nearest, so a weight of 0.5 (bf16 spacing 2^-8) ignores every update below 2^-9,
-about 2e-3: late low-learning-rate steps do nothing. That is the optimizer's rounding, not what
-bf16 weights can hold. This AdamW keeps both moments in fp32 and computes the step in fp32 from
-the weight's exact fp32 value, then writes the new weight back to bf16, either to nearest
-(`fp32-state`: only the weight's own rounding is left) or stochastically (`stochastic-rounding`:
-unbiased, so updates smaller than a bf16 step still add up in expectation). There is no fp32
-master copy: the bf16 weight the model holds is the only one, as in true bf16 training.
+is rounded to nearest, so a weight of 0.5 ignores every update smaller than half its bf16 spacing
+(2^-10 ~ 1e-3 downward, 2^-9 upward): late low-learning-rate steps do nothing. That is the
+optimizer's rounding, not what bf16 weights can hold. This AdamW keeps both moments in fp32 and
+computes the step in fp32 from the weight's exact fp32 value, then writes the new weight back to
+bf16, either to nearest (`fp32-state`: only the weight's own rounding is left) or stochastically
+(`stochastic-rounding`: unbiased, so updates smaller than a bf16 step still add up in
+expectation). There is no fp32 master copy: the bf16 weight the model holds is the only one, as
+in true bf16 training.
 """
 
 from __future__ import annotations

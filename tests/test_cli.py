@@ -86,7 +86,7 @@ def test_status_json(sweep, capsys):
     report = json.loads(capsys.readouterr().out)
     assert {c["cell_id"]: c["state"] for c in report["cells"]} == expected
     assert report["counts"] == {"done": 2, "failed": 1, "running": 1, "interrupted": 1, "preempted": 1, "stale": 2,
-                                "pending": 1, "corrupt": 0}
+                                "pending": 1, "blocked": 0, "corrupt": 0}
     assert report["cells"][0]["overrides"] == list(plan.cells[0].overrides)
 
 
