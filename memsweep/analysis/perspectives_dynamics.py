@@ -105,6 +105,10 @@ def dynamics_words(effects: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     lines = []
     first = effects[effects["boundary"] == "first generated"]
     for row in first[first["score"].isin([0.0, 0.5, 1.0])].itertuples():
+        if not np.isfinite(row.change_se):  # one row: a change without an error says nothing
+            lines.append(f"{row.model}, score {row.score:g} ({row.n_rows:,} row): {row.quantity} not judged, "
+                         "too few rows for a standard error.")
+            continue
         sign, paper = direction(row.change, row.change_se), PAPER_SIGN[row.quantity, row.score]
         word = {1: "rises", -1: "drops", 0: "changes"}[sign]
         unit = "nats" if row.quantity == "entropy" else "counts"
@@ -113,6 +117,8 @@ def dynamics_words(effects: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                      f"({row.change:+.3g} ± {row.change_se:.3g}, {row.relative:+.1%} ± {row.relative_se:.1%}): "
                      f"{_agreement(sign, paper)} ({'drop' if paper < 0 else 'rise'}).")
     for row in effects[effects["boundary"] == "half point"].itertuples():
+        if not np.isfinite(row.change_se):
+            continue
         sign, paper = direction(row.change, row.change_se), PAPER_HALF_SIGN[row.quantity]
         lines.append(f"{row.model}, score 0.5: {row.quantity} at the half point {row.position - 1} → {row.position} "
                      f"{row.before:.3g} → {row.after:.3g} ({row.change:+.3g} ± {row.change_se:.3g}): "
@@ -120,6 +126,8 @@ def dynamics_words(effects: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     unmem, mem = first[first["score"] == 0.0], first[first["score"] == 1.0]
     both = unmem.merge(mem, on=["model", "quantity"], suffixes=("_u", "_m"))
     for row in both[both["quantity"] == "frequency"].itertuples():
+        if not (np.isfinite(row.relative_u) and np.isfinite(row.relative_m)):
+            continue
         stronger = abs(row.relative_u) > abs(row.relative_m)
         lines.append(f"{row.model}: the frequency boundary effect is {'stronger' if stronger else 'weaker'} for unmemorized "
                      f"rows ({row.relative_u:+.1%}) than for memorized ones ({row.relative_m:+.1%}) (the paper: much stronger).")
