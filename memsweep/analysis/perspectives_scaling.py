@@ -190,7 +190,9 @@ def size_effect_words(counts: pd.DataFrame, vary: str, fixed: str, value: int) -
         return []
     what = "continuation n" if vary == "n" else "context k"
     lines = [f"{r.model}: fully memorized rows at {fixed} = {value} go from {r.count_from:,} at {vary} = {r.value_from} "
-             f"to {r.count_to:,} at {vary} = {r.value_to} (ratio {r.ratio:.3g})." for r in table.itertuples()]
+             f"to {r.count_to:,} at {vary} = {r.value_to}"
+             + (f" (ratio {r.ratio:.3g})." if np.isfinite(r.ratio) else " (no ratio: none at the first).")
+             for r in table.itertuples()]
     ratios = table["ratio"].to_numpy(float)
     if len(table) >= 2 and np.isfinite(ratios).all():
         trend = "rises" if np.all(np.diff(ratios) > 0) else "falls" if np.all(np.diff(ratios) < 0) else "is not monotone"
