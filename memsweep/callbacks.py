@@ -27,7 +27,8 @@ from tqdm import tqdm
 from memsweep.checkpoint import save_checkpoint
 from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig, ConfigError
-from memsweep.data.batches import ShuffledBatches
+from memsweep.data.batches import ShuffledBatches, epoch_rows
+from memsweep.data.source import row_repeats
 from memsweep.console import duration, emit, line_seconds, on_terminal
 from memsweep.evaluation import float32_copy, sharded_nll_bits, uniform_memorization
 from memsweep.model import paper_param_count
@@ -217,7 +218,7 @@ class MemorizationMonitor(L.Callback):
         decaying linearly from the stable one to zero. False if a stop was requested on the way."""
         t, d = self.cfg.trainer, self.cfg.data
         optimizer, model, device = trainer.optimizers[0], pl_module.model, pl_module.device
-        batches = iter(ShuffledBatches(d.n_samples, t.batch_size, self.cfg.seed, start_batch=step,
+        batches = iter(ShuffledBatches(epoch_rows(row_repeats(d)), t.batch_size, self.cfg.seed, start_batch=step,
                                        rank=trainer.global_rank, world_size=trainer.world_size))
         stable_lr = t.lr * pl_module.lr_schedule(step)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)

@@ -24,8 +24,8 @@ from memsweep.checkpoint import clean_partials, newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import quiet_lightning
-from memsweep.data.batches import ShuffledBatches, TokenRows
-from memsweep.data.source import CellTokens, cell_tokens
+from memsweep.data.batches import ShuffledBatches, TokenRows, epoch_rows
+from memsweep.data.source import CellTokens, cell_tokens, row_repeats
 from memsweep.loggers import build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
@@ -242,7 +242,7 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
                                     trainer_cfg.checkpoint_every_minutes, trainer_cfg.keep_checkpoints)
         trainer = _trainer(cfg, module.model.n_params, run_dir, logger,
                            [timer, monitor, checkpointer, CellProgress(cfg, monitor, timer)])
-        sampler = ShuffledBatches(data.n_samples, trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
+        sampler = ShuffledBatches(epoch_rows(row_repeats(data)), trainer_cfg.batch_size, cfg.seed, start_batch=start_step,
                                   rank=trainer.global_rank, world_size=trainer.world_size)
         loader = DataLoader(TokenRows(train_tokens), batch_size=None, sampler=sampler)
         try:
@@ -268,7 +268,8 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         text_fields, arrays, top = _measure_text(cfg, model, tokens, monitor.per_sample_nll_bits, reference)
     if trainer.is_global_zero:
         claim.check()
-        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits, **arrays)
+        repeats = {"repeat_count": row_repeats(data)} if data.repeat_counts is not None else {}
+        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits, **arrays, **repeats)
         if top is not None:
             write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
             _save_model(model, run_dir / MODEL_FILE)
@@ -315,6 +316,8 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         "strategy": type(trainer.strategy).__name__,
         "cell_id": cfg.cell_id,
         "data_kind": data.kind,
+        "repeat_counts": list(data.repeat_count_list()) or None,
+        "repeat_rows": data.repeat_rows if data.repeat_counts is not None else None,
         **text_fields,
     }
     close_logger(logger, record)

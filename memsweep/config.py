@@ -84,6 +84,12 @@ class DataConfig:
     seed: int = 0
     """Which sequences (text: the shuffle of the deduplicated pool): fixed across model sizes and
     precisions so cells compare."""
+    repeat_counts: str | None = None
+    """Planted repetition, e.g. "2:8:32" (or "2,8,32" quoted): the first repeat_rows training rows are seen 2 times an
+    epoch, the next repeat_rows 8 times, the next 32 (null: every row once; left out of the
+    cell id then). For memorization scores across their range (memsweep perspectives)."""
+    repeat_rows: int = 16
+    """Rows per repeat count."""
     # Text only (ignored, and left out of the cell id, when kind=uniform).
     corpus: str = "small-mixed"
     """A built-in corpus (`memsweep corpus list`), `path` (data.path) or `hf` (data.hf_name)."""
@@ -111,6 +117,19 @@ class DataConfig:
     """Text memorization is measured against `pool`: the same model trained on the whole training
     pool, a cell of its own that runs first (Morris et al. section 4); `none`: no reference
     (total memorization against the uniform code only)."""
+
+    def repeat_count_list(self) -> tuple[int, ...]:
+        """repeat_counts as integers >= 2 (empty: no repetition)."""
+        text = self.repeat_counts
+        if text is None:
+            return ()
+        try:
+            counts = tuple(int(part) for part in str(text).replace(":", ",").split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"data.repeat_counts: expected integers separated by : such as \"2:8:32\", got {text!r}") from None
+        _require(bool(counts) and all(c >= 2 for c in counts), "data.repeat_counts",
+                 f"every count must be an integer >= 2, got {text!r}")
+        return counts
 
 
 @dataclass
@@ -253,6 +272,12 @@ class CellConfig:
         _require(s.cooldown >= 0, "trainer.saturation.cooldown", f"must be >= 0, got {s.cooldown}")
         _require(d.vocab_size >= 2, "data.vocab_size", f"needs at least 2 tokens, got {d.vocab_size}")
         _choice("data.kind", d.kind, DATA_KINDS)
+        if d.repeat_counts is not None:
+            counts = d.repeat_count_list()
+            _require(d.repeat_rows >= 1, "data.repeat_rows", f"must be >= 1, got {d.repeat_rows}")
+            _require(len(counts) * d.repeat_rows <= d.n_samples, "data.repeat_counts",
+                     f"{len(counts)} counts x data.repeat_rows={d.repeat_rows} rows need data.n_samples >= "
+                     f"{len(counts) * d.repeat_rows}, got {d.n_samples}")
         if d.kind == "text":
             self._validate_text()
         from memsweep.strategy import check_strategy  # imported here: memsweep.strategy imports this module
@@ -299,6 +324,8 @@ class CellConfig:
         if self.data.kind == "uniform":
             for key in ("kind", *TEXT_ONLY_KEYS):
                 del relevant["data"][key]
+        if self.data.repeat_counts is None:
+            del relevant["data"]["repeat_counts"], relevant["data"]["repeat_rows"]
         for key in ("accelerator", "devices", "num_nodes", "strategy", "deepspeed_stage"):
             del relevant["trainer"][key]  # where it trains: the global batch, hence the run, is the same
         for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",

@@ -53,3 +53,29 @@ def test_batches_cover_each_epoch_and_resume_exactly():
 def test_batch_larger_than_dataset():
     batch = next(iter(ShuffledBatches(n_rows=3, batch_size=8, seed=0)))
     assert len(batch) == 8 and set(batch) == {0, 1, 2}
+
+
+def test_planted_repeats_show_each_row_its_count_times_an_epoch_and_nothing_changes_without_them():
+    from memsweep.data.batches import epoch_rows, repeat_counts
+
+    per_row = repeat_counts(20, (2, 5), 3)
+    assert per_row.tolist() == [2, 2, 2, 5, 5, 5] + [1] * 14
+    virtual = epoch_rows(per_row)
+    sampler = iter(ShuffledBatches(virtual, 7, seed=3))
+    first_epoch = np.concatenate([next(sampler) for _ in range(len(virtual))])[: len(virtual)]
+    assert np.bincount(first_epoch, minlength=20).tolist() == per_row.tolist()
+    plain, same = iter(ShuffledBatches(20, 8, seed=1)), iter(ShuffledBatches(epoch_rows(np.ones(20, int)), 8, seed=1))
+    assert all((next(plain) == next(same)).all() for _ in range(10))  # no repeats: the original stream
+
+
+def test_repeat_counts_are_checked_and_named(small_cell):
+    import pytest
+
+    from memsweep.config import ConfigError
+
+    cell = small_cell("data.repeat_counts='2:8'", "data.repeat_rows=4")
+    assert cell.data.repeat_count_list() == (2, 8)
+    with pytest.raises(ConfigError, match="data.repeat_counts: every count must be an integer >= 2"):
+        small_cell("data.repeat_counts='1:8'")
+    with pytest.raises(ConfigError, match="need data.n_samples >= 64"):
+        small_cell("data.repeat_counts='2:8'", "data.repeat_rows=32")

@@ -239,3 +239,21 @@ def test_one_model_says_transitions_are_not_computed(tmp_path):
     rewritten = build_perspectives_report(out, predictor=SMALL_PREDICTOR)
     write_perspectives_report(rewritten, tmp_path / "report")
     assert rewritten.written == []
+
+
+def test_scores_are_tabled_by_how_often_their_row_was_seen(tmp_path):
+    from types import SimpleNamespace
+
+    from memsweep.analysis.perspectives_repeats import scores_by_repeat_count
+    from memsweep.cell import PER_SAMPLE_FILE
+
+    np.savez(tmp_path / PER_SAMPLE_FILE, repeat_count=np.array([4, 4, 2, 2, 1, 1, 1, 1]))
+    scored = SimpleNamespace(model="m", n_params=10, idx=np.array([0, 1, 2, 3, 4, 5]),
+                             score=np.array([1.0, 1.0, 1.0, 0.5, 0.0, 0.25], dtype=np.float32))
+    models = pd.DataFrame([{"name": "m", "source": str(tmp_path)}])
+    table = scores_by_repeat_count([scored], models).set_index("repeat_count")
+    assert table["n_rows"].to_dict() == {1: 2, 2: 2, 4: 2}
+    assert table["fully_memorized_share"].to_dict() == {1: 0.0, 2: 0.5, 4: 1.0}
+    assert table.loc[1, "mean_score"] == pytest.approx(0.125)
+    models_without = pd.DataFrame([{"name": "m", "source": str(tmp_path / "nowhere")}])
+    assert scores_by_repeat_count([scored], models_without).empty

@@ -23,6 +23,7 @@ from memsweep.analysis.perspectives_dynamics import MAX_ROWS_PER_GROUP, dynamics
 from memsweep.analysis.perspectives_embeddings import embedding_distances, embedding_words, row_mean_pca
 from memsweep.analysis.perspectives_predictor import (PAPER_CONFIG, PredictorConfig, fit_and_evaluate,
                                                       predictor_inputs, predictor_words)
+from memsweep.analysis.perspectives_repeats import repeat_words, scores_by_repeat_count
 from memsweep.analysis.perspectives_scaling import (histogram, memorized_counts, scaling, scaling_words,
                                                     size_effect_words)
 from memsweep.analysis.perspectives_transitions import LEVELS, transition_words, transitions, wide
@@ -70,6 +71,8 @@ def _distributions(report: PerspectivesReport, all_sets: list[ScoreSet], sets: l
             effects[vary] = effects[vary].iloc[:0]
         else:
             report.say("distributions", size_effect_words(counts, vary, fixed, value))
+    report.tables["repeats"] = repeats = scores_by_repeat_count(sets, report.tables["models"])
+    report.say("distributions", repeat_words(repeats))
     report.plots["histograms"] = ("histograms", hist[(hist["k"] == k) & (hist["n"] == n)])
     if len(sets) >= 2:
         report.plots["scaling"] = ("scaling", counts[(counts["k"] == k) & (counts["n"] == n)], result.fits)
@@ -184,7 +187,8 @@ SECTION_TABLES = {
     "distributions": [("memorized_counts", ["model", "n_params", "k", "n", "n_rows", "fully_memorized", "half_or_more",
                                             "unmemorized", "fully_memorized_share"], None),
                       ("scaling_fits", ["measure", "n_sizes", "intercept", "slope", "share_per_decade", "r"], None),
-                      ("decade_slopes", ["measure", "from_model", "to_model", "slope_per_decade", "slope_se"], None)],
+                      ("decade_slopes", ["measure", "from_model", "to_model", "slope_per_decade", "slope_se"], None),
+                      ("repeats", ["model", "repeat_count", "n_rows", "mean_score", "fully_memorized_share"], None)],
     "dynamics": [("boundary_effects", ["model", "score", "quantity", "boundary", "position", "before", "after", "change",
                                        "change_se", "relative", "relative_se", "n_rows"], _paper_groups)],
     "embeddings": [("embedding_steps", ["model", "d_model", "step", "cosine", "euclidean", "sampling_floor", "n_pairs"],

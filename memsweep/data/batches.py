@@ -39,16 +39,21 @@ class ShuffledBatches(Sampler):
     (rows rank, rank + world_size, ...), so the global batch is the same whatever the world size.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, start_batch: int = 0,
+    def __init__(self, rows: int | np.ndarray, batch_size: int, seed: int, start_batch: int = 0,
                  rank: int = 0, world_size: int = 1):
+        """`rows`: the number of rows, or an epoch's row indices with repeats (`epoch_rows`):
+        a row listed c times is seen c times an epoch."""
         if batch_size % world_size:
             raise ValueError(f"trainer.batch_size ({batch_size}) must be divisible by the world size ({world_size})")
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self.rows = None if isinstance(rows, (int, np.integer)) else np.asarray(rows)
+        self.n_rows = int(rows) if self.rows is None else len(self.rows)
+        self.batch_size, self.seed = batch_size, seed
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
-        return rng.permutation(self.n_rows)
+        order = rng.permutation(self.n_rows)
+        return order if self.rows is None else self.rows[order]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         position = self.start_batch * self.batch_size
@@ -66,3 +71,21 @@ class ShuffledBatches(Sampler):
                     epoch, offset = epoch + 1, 0
                     order = self._epoch_order(epoch)
             yield np.concatenate(batch)[self.rank :: self.world_size]
+
+
+def repeat_counts(n_rows: int, counts: tuple[int, ...], rows_per_count: int) -> np.ndarray:
+    """How often each training row is seen per epoch: rows [i·m, (i+1)·m) get counts[i], the rest
+    1. Planted repetition at known counts, so that memorization scores span their range (Chen et
+    al. analyse models whose data repeats; a deduplicated set alone gives few memorized rows)."""
+    per_row = np.ones(n_rows, dtype=np.int64)
+    for i, count in enumerate(counts):
+        per_row[i * rows_per_count:(i + 1) * rows_per_count] = count
+    return per_row
+
+
+def epoch_rows(per_row: np.ndarray) -> int | np.ndarray:
+    """What ShuffledBatches walks: the row count when nothing repeats (the original stream,
+    unchanged), else each row index as many times as it repeats."""
+    if (per_row == 1).all():
+        return len(per_row)
+    return np.repeat(np.arange(len(per_row)), per_row)

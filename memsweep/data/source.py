@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from memsweep.config import DataConfig
+from memsweep.data.batches import repeat_counts
 from memsweep.data.uniform import HELDOUT_BRANCH, random_tokens
+
+
+def row_repeats(data: DataConfig) -> np.ndarray:
+    """(n_samples,) how often each training row is seen per epoch (data.repeat_counts)."""
+    return repeat_counts(data.n_samples, data.repeat_count_list(), data.repeat_rows)
 
 
 @dataclass(frozen=True)
