@@ -374,6 +374,10 @@ def _perspectives(args: argparse.Namespace) -> int:
                                args.max_rows, args.batch_size, args.device, args.hidden_rows)
         report = build_perspectives_report(out)
         path = write_perspectives_report(report, out)
+        if args.wandb:
+            from memsweep.analysis.wandb_report import publish_perspectives
+
+            print(f"W&B run: {publish_perspectives(report, out, args.wandb)}")
     except (ValueError, RuntimeError, OSError) as err:
         return _error(f"perspectives: {err}")
     print(f"wrote {path}")
@@ -404,6 +408,7 @@ def _add_perspectives(commands) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the small predictor "
                    "trains ~100x slower with more on a busy CPU); 0 leaves torch's default")
     p.add_argument("--out", type=Path, help="default: <sweep dir>/perspectives")
+    p.add_argument("--wandb", choices=("auto", "online", "offline"), help="also log the tables and figures to W&B")
     p.set_defaults(handler=_perspectives)
 
 

@@ -206,7 +206,9 @@ def test_memsweep_perspectives_scores_the_trained_text_cells_and_writes_its_repo
 
     sweep, cfg, _ = trained
     out = tmp_path / "perspectives"
-    assert main(["perspectives", str(sweep), "--context", "8,16", "--continuation", "8", "--out", str(out)]) == 0
+    assert main(["perspectives", str(sweep), "--context", "8,16", "--continuation", "8", "--out", str(out),
+                 "--wandb", "offline"]) == 0
+    assert list(out.glob("wandb/offline-run-*/run-*.wandb"))  # the same tables and figures, as a W&B run
     scores = sorted(p.name for p in (out / "scores").glob("*.csv"))
     assert len(scores) == 2, scores  # one model x two contexts
     with np.load(next((out / "scores").glob("*k8_n8.npz"))) as npz:

@@ -98,3 +98,23 @@ def _flat_summary(summary: dict) -> dict:
     if law:
         flat.update({f"membership_law/{k}": law[k] for k in ("c1", "c2", "c3", "rmse")})
     return flat
+
+
+def publish_perspectives(report, out_dir: Path, mode: str = "auto") -> Path:
+    """Log a `memsweep perspectives` report (every table, every figure) to W&B as a run of its own
+    (job_type perspectives) in the group of the sweep its models came from; returns its local dir."""
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    sweep_dir = Path(report.scores_dir).parent
+    project, entity, group = destination(sweep_dir)
+    run = wandb.init(project=project, entity=entity, group=group, job_type="perspectives",
+                     name=f"perspectives-{group}", dir=str(out_dir), mode=wandb_mode(mode),
+                     config={"scores_dir": str(report.scores_dir)})
+    payload = {f"table/{name}": _table(table) for name, table in report.tables.items() if not table.empty}
+    payload.update({f"figure/{name}": wandb.Image(str(path)) for name, path in report.figures.items()})
+    run.log(payload)
+    run.summary.update({k: v for k, v in report.summary.items() if isinstance(v, (int, float, str))})
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir
