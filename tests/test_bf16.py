@@ -137,7 +137,7 @@ def test_fp32_state_lets_the_second_moment_decay():
     assert bf16[0].dtype == torch.bfloat16 and bf16[0].min() > 0 and torch.equal(bf16[-1], bf16[0])  # stuck
     fp32 = second_moments(Fp32StateAdamW([weight()], lr=1e-3, betas=(0.9, 0.999)))
     assert fp32[0].dtype == torch.float32
-    assert torch.allclose(fp32[-1], fp32[0] * 0.999**500, rtol=1e-4)  # 0.61 of it is gone
+    assert torch.allclose(fp32[-1], fp32[0] * 0.999**500, rtol=1e-4)  # down to 0.61 of itself
 
 
 @pytest.mark.parametrize("override,key", [
