@@ -39,7 +39,7 @@ def test_large_datasets_are_memory_mapped(tmp_path, monkeypatch):
 
 
 def test_batches_cover_each_epoch_and_resume_exactly():
-    sampler = ShuffledBatches(n_rows=10, batch_size=4, seed=0)
+    sampler = ShuffledBatches(rows=10, batch_size=4, seed=0)
     stream = list(itertools.islice(iter(sampler), 10))  # 40 rows = 4 epochs
     assert all(len(b) == 4 for b in stream)
     flat = np.concatenate(stream)
@@ -51,7 +51,7 @@ def test_batches_cover_each_epoch_and_resume_exactly():
 
 
 def test_batch_larger_than_dataset():
-    batch = next(iter(ShuffledBatches(n_rows=3, batch_size=8, seed=0)))
+    batch = next(iter(ShuffledBatches(rows=3, batch_size=8, seed=0)))
     assert len(batch) == 8 and set(batch) == {0, 1, 2}
 
 
