@@ -311,7 +311,8 @@ def test_scancel_stops_a_packed_job_without_starting_its_next_cell(cluster, tmp_
     wait_until(lambda: checkpoints(first), 150, "a first checkpoint")
     subprocess.run(["scancel", job.job_id], check=True)
     wait_until(lambda: live_states([job.job_id]).get(job.job_id, "").startswith("CANCELLED"), 60, "cancelled")
-    wait_until(lambda: (result(first) or {}).get("status") == "interrupted", 30, "the first cell checkpointed")
+    wait_until(lambda: (result(first) or {}).get("status") == "interrupted", 90,
+               f"the first cell checkpointed (job {job.job_id}, {first})")
     stopped = result(first)
     assert stopped["signal"] == "SIGTERM" and stopped["requeue"] is False
     assert checkpoints(first) and stopped["steps"] < 400
