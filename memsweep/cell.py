@@ -249,7 +249,11 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
             trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint, weights_only=True)
         except SIGTERMException:  # Lightning re-raises the SIGTERM that the checkpointer already handled
             if checkpointer.stop_cause is None:
-                raise
+                if not flag.requested:
+                    raise
+                # The signal came before any step boundary of this attempt (Lightning saw it
+                # first): nothing new to checkpoint, the cell resumes from its last checkpoint.
+                checkpointer.stop_cause = f"{flag.signal_name} before a step boundary"
 
     model = module.model
     steps = trainer.global_step
