@@ -189,7 +189,7 @@ def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: l
     t = cfg.trainer
     return L.Trainer(
         **trainer_kwargs(cfg.precision, t.accelerator, t.devices, t.num_nodes, t.strategy, t.deepspeed_stage,
-                         n_params, batch_size=t.batch_size),
+                         n_params, batch_size=t.batch_size, bf16_optimizer=t.bf16_optimizer),
         max_steps=t.max_steps,
         logger=logger,
         callbacks=callbacks,

@@ -90,6 +90,15 @@ class DataConfig:
     cell id then). For memorization scores across their range (memsweep perspectives)."""
     repeat_rows: int = 16
     """Rows per repeat count."""
+    capacity_ratio: float | None = None
+    """Uniform only: place N relative to the model's capacity instead of giving it, N =
+    round(capacity_ratio * capacity_alpha * P / (seq_len * log2 vocab_size)), so that one grid of
+    ratios gives every model of a sweep the same spacing around its own N* (ratio 1: dataset bits =
+    alpha * P). Overrides n_samples. The cell id is that of the resolved N (the ratio and alpha
+    only choose it), so a cell reached by ratio or by N is one cell."""
+    capacity_alpha: float = 3.64
+    """The bits/param that define N* for capacity_ratio: Morris et al.'s 3.64 (App. A.1) by default;
+    a preset that trains on a smaller budget sets what that budget reaches."""
     # Text only (ignored, and left out of the cell id, when kind=uniform).
     corpus: str = "small-mixed"
     """A built-in corpus (`memsweep corpus list`), `path` (data.path) or `hf` (data.hf_name)."""
@@ -158,6 +167,11 @@ class TrainerConfig:
     max_steps: int = 50_000
     batch_size: int = 128
     lr: float = 1e-2
+    lr_reference_width: int | None = None
+    """When set, `lr` is the rate of a model of this width, and a model of width d trains at
+    lr * lr_reference_width / d (the 1/width rule for Adam in muP, Yang et al. 2021), so one
+    grid over model sizes keeps a rate tuned on one width. Resolved into `lr` before the cell id
+    is computed, and then cleared: the record and the id hold the rate the cell trained at."""
     warmup_steps: int = 100
     schedule: str = "constant"
     """`constant` (then the saturation cooldown), `cosine` (decay to `min_lr_ratio` at max_steps),
@@ -271,6 +285,7 @@ class CellConfig:
         _require(s.tolerance >= 0, "trainer.saturation.tolerance", f"must be >= 0, got {s.tolerance}")
         _require(s.cooldown >= 0, "trainer.saturation.cooldown", f"must be >= 0, got {s.cooldown}")
         _require(d.vocab_size >= 2, "data.vocab_size", f"needs at least 2 tokens, got {d.vocab_size}")
+        _require(d.capacity_alpha > 0, "data.capacity_alpha", f"must be > 0 bits/param, got {d.capacity_alpha}")
         _choice("data.kind", d.kind, DATA_KINDS)
         if d.repeat_counts is not None:
             counts = d.repeat_count_list()
@@ -326,6 +341,8 @@ class CellConfig:
                 del relevant["data"][key]
         if self.data.repeat_counts is None:
             del relevant["data"]["repeat_counts"], relevant["data"]["repeat_rows"]
+        del relevant["data"]["capacity_ratio"], relevant["data"]["capacity_alpha"]  # they only choose n_samples
+        del relevant["trainer"]["lr_reference_width"]  # resolved into lr
         for key in ("accelerator", "devices", "num_nodes", "strategy", "deepspeed_stage"):
             del relevant["trainer"][key]  # where it trains: the global batch, hence the run, is the same
         for key in ("eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
@@ -438,7 +455,33 @@ def cell_config(cfg: DictConfig | dict) -> CellConfig:
     if typed.data.vocab_size is None:
         _require(typed.data.kind == "text", "data.vocab_size", "uniform tokens need a vocabulary size")
         typed.data.vocab_size = GPT2_VOCAB if typed.data.tokenizer == "gpt2" else TEXT_VOCAB
+    if typed.data.capacity_ratio is not None:
+        typed.data.n_samples = samples_at_capacity_ratio(typed)
+    if (width := typed.trainer.lr_reference_width) is not None:
+        _require(width >= 1, "trainer.lr_reference_width", f"must be a width >= 1, got {width}")
+        typed.trainer.lr = typed.trainer.lr * width / typed.model.d_model
+        typed.trainer.lr_reference_width = None
     return typed.validate()
+
+
+def samples_at_capacity_ratio(cfg: CellConfig) -> int:
+    """N for data.capacity_ratio: the sequences whose bits are capacity_ratio x capacity_alpha x P
+    (at least 1)."""
+    from memsweep.model import paper_param_count  # imported here: memsweep.model imports torch
+
+    d, m = cfg.data, cfg.model
+    _require(d.kind == "uniform", "data.capacity_ratio",
+             "places N by the bits of uniform sequences (S log2 V each); a text sequence's bits are not "
+             "known before training, so give data.n_samples")
+    _require(math.isfinite(d.capacity_ratio) and d.capacity_ratio > 0, "data.capacity_ratio",
+             f"must be > 0, got {d.capacity_ratio}")
+    _require(math.isfinite(d.capacity_alpha) and d.capacity_alpha > 0, "data.capacity_alpha",
+             f"must be > 0 bits/param, got {d.capacity_alpha}")
+    _require(d.vocab_size >= 2 and d.seq_len >= 1, "data.vocab_size",
+             f"needs vocab_size >= 2 and seq_len >= 1, got {d.vocab_size} and {d.seq_len}")
+    params = paper_param_count(d.vocab_size, d.seq_len, m.n_layer, m.d_model)
+    bits_per_sequence = d.seq_len * math.log2(d.vocab_size)
+    return max(1, round(d.capacity_ratio * d.capacity_alpha * params / bits_per_sequence))
 
 
 CONFIG_FILE = "config.yaml"

@@ -5,6 +5,8 @@ parameters, their gradients and AdamW's two moments. Per parameter that is
 
     fp32, bf16-mixed (torch autocast)   4 + 4 + 8       = 16 bytes
     bf16 (true bf16: state in bf16)     2 + 2 + 4       =  8 bytes
+    bf16, fp32 optimizer state          2 + 2 + 8       = 12 bytes (trainer.bf16_optimizer=
+                                        fp32-state or stochastic-rounding, memsweep/optim.py)
     bf16-mixed under DeepSpeed          2 + 2 + (4 + 8) = 16 bytes (bf16 weights and grads,
                                         fp32 master weights and moments in the optimizer)
 
@@ -28,7 +30,7 @@ runs on). With those defaults, in fp32:
     ZeRO-2 on 8 devices              up to  7.81e9             (4 + 12/8 = 5.5 B)
     ZeRO-3 on 8 devices              up to 21.5e9              (16/8 = 2 B)
 
-and twice the replicated limit in true bf16. So the whole 500K-1.5B ladder of the issue trains
+and twice the replicated limit in true bf16 (4/3 of it with an fp32 optimizer state). So the whole 500K-1.5B ladder of the issue trains
 replicated, and DeepSpeed is for cells beyond it (or smaller GPUs: pass `device_memory_gib`).
 
 Why the device count decides single vs DDP, and size does not: the number of devices is fixed by
@@ -91,10 +93,11 @@ class StateBytes:
         }[layout]
 
 
-def state_bytes(precision: str, deepspeed: bool = False) -> StateBytes:
-    """Per-parameter model-state bytes for a memsweep precision (module doc has the table)."""
+def state_bytes(precision: str, deepspeed: bool = False, bf16_optimizer: str = "bf16") -> StateBytes:
+    """Per-parameter model-state bytes for a memsweep precision and, for bf16, its optimizer
+    (module doc has the table)."""
     if precision == "bf16":
-        return StateBytes(2, 2, 4)
+        return StateBytes(2, 2, 4 if bf16_optimizer == "bf16" else 8)
     if precision == "bf16-mixed" and deepspeed:
         return StateBytes(2, 2, 12)
     return StateBytes(4, 4, 8)
@@ -114,11 +117,12 @@ def zero_stage_by_size(n_params: int, precision: str, world: int,
     return None
 
 
-def min_devices(n_params: int, precision: str, device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB) -> int:
+def min_devices(n_params: int, precision: str, device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB, *,
+                bf16_optimizer: str = "bf16") -> int:
     """Fewest devices a cell needs: 1 when its state fits replicated, else what ZeRO-3 needs
     (for precision=bf16, which DeepSpeed cannot shard, the count after switching to bf16-mixed)."""
     budget = _budget(device_memory_gib)
-    if n_params * state_bytes(precision).per_device("replicated", 1) <= budget:
+    if n_params * state_bytes(precision, bf16_optimizer=bf16_optimizer).per_device("replicated", 1) <= budget:
         return 1
     sharded = "bf16-mixed" if precision == "bf16" else precision
     total = state_bytes(sharded, deepspeed=True).per_device("replicated", 1) * n_params
@@ -162,7 +166,8 @@ def _check_deepspeed_pairing(precision: str, accelerator: str) -> None:
 
 
 def choose_strategy(precision: str, devices: int, num_nodes: int, strategy: str, deepspeed_stage: int | None,
-                    n_params: int, device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB) -> tuple[str, int | None]:
+                    n_params: int, device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB, *,
+                    bf16_optimizer: str = "bf16") -> tuple[str, int | None]:
     """("single" | "ddp" | "deepspeed", ZeRO stage or None) for a cell; see the module doc."""
     world = devices * num_nodes
     if strategy == "single":
@@ -174,11 +179,11 @@ def choose_strategy(precision: str, devices: int, num_nodes: int, strategy: str,
         if stage is None:
             raise ConfigError(_too_big(n_params, precision, world, device_memory_gib, "even with DeepSpeed ZeRO-3"))
         return "deepspeed", stage
-    replicated = n_params * state_bytes(precision).per_device("replicated", world)
+    replicated = n_params * state_bytes(precision, bf16_optimizer=bf16_optimizer).per_device("replicated", world)
     if replicated <= _budget(device_memory_gib):
         return ("single" if world == 1 else "ddp"), None
     if precision == "bf16":
-        raise ConfigError(_too_big(n_params, precision, world, device_memory_gib, "replicated") +
+        raise ConfigError(_too_big(n_params, precision, world, device_memory_gib, "replicated", bf16_optimizer) +
                           "; true bf16 cannot be sharded with DeepSpeed (its bf16 keeps fp32 master weights):"
                           " use precision=bf16-mixed or a device with more memory (device_memory_gib)")
     stage = zero_stage_by_size(n_params, precision, world, device_memory_gib) if world > 1 else None
@@ -188,9 +193,10 @@ def choose_strategy(precision: str, devices: int, num_nodes: int, strategy: str,
     return "deepspeed", stage
 
 
-def _too_big(n_params: int, precision: str, world: int, device_memory_gib: float, how: str) -> str:
-    need = min_devices(n_params, precision, device_memory_gib)
-    total = n_params * state_bytes(precision).per_device("replicated", 1) / GIB
+def _too_big(n_params: int, precision: str, world: int, device_memory_gib: float, how: str,
+             bf16_optimizer: str = "bf16") -> str:
+    need = min_devices(n_params, precision, device_memory_gib, bf16_optimizer=bf16_optimizer)
+    total = n_params * state_bytes(precision, bf16_optimizer=bf16_optimizer).per_device("replicated", 1) / GIB
     return (f"trainer.devices: a {n_params:,}-parameter {precision} cell has {total:.1f} GiB of weights, gradients and"
             f" AdamW state, more than fits {how} on {world} device(s) of {device_memory_gib:g} GiB (of which"
             f" {STATE_FRACTION:.0%} is for this state); give it at least {need} devices"
@@ -199,7 +205,7 @@ def _too_big(n_params: int, precision: str, world: int, device_memory_gib: float
 
 def trainer_kwargs(precision: str, accelerator: str, devices: int, num_nodes: int, strategy: str,
                    deepspeed_stage: int | None, n_params: int, *, batch_size: int | None = None,
-                   device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB,
+                   bf16_optimizer: str = "bf16", device_memory_gib: float = DEFAULT_DEVICE_MEMORY_GIB,
                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for `lightning.Trainer` that spread one cell over its devices.
 
@@ -221,7 +227,7 @@ def trainer_kwargs(precision: str, accelerator: str, devices: int, num_nodes: in
         raise ConfigError(f"trainer.batch_size: {batch_size} does not split evenly over trainer.devices x "
                           f"trainer.num_nodes = {world} ranks; each rank takes an equal slice of the global batch")
     kind, stage = choose_strategy(precision, devices, num_nodes, strategy, deepspeed_stage, n_params,
-                                  device_memory_gib)
+                                  device_memory_gib, bf16_optimizer=bf16_optimizer)
     if kind == "deepspeed":
         _check_deepspeed_pairing(precision, accelerator)
     environ = os.environ if environ is None else environ

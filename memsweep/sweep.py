@@ -138,12 +138,23 @@ def plan_sweep(overrides: list[str], sweep_dir: Path | None = None) -> SweepPlan
         cells: dict[str, PlannedCell] = {}
         for job in jobs:
             try:
-                config = cell_config(composer.compose(job + hydra_lines))
+                composed = composer.compose(job + hydra_lines)
+                _check_one_way_to_n(composed, job)
+                config = cell_config(composed)
                 check_resources(config, root / config.cell_id)
             except ConfigError as err:
                 raise ConfigError(f"{err} (cell: {' '.join(job) or 'no overrides'})") from None
             cells.setdefault(config.cell_id, PlannedCell(config.cell_id, root / config.cell_id, config, tuple(job)))
         return SweepPlan(str(master.sweep_name), root, with_references(list(cells.values()), root), tuple(overrides))
+
+
+def _check_one_way_to_n(composed: DictConfig, job: list[str]) -> None:
+    """Refuse data.n_samples given beside data.capacity_ratio, which would silently override it."""
+    ratio = OmegaConf.select(composed, "data.capacity_ratio", default=None)
+    if ratio is not None and any(line.split("=", 1)[0].lstrip("+~") == "data.n_samples" for line in job):
+        raise ConfigError(f"data.n_samples: this grid places N by data.capacity_ratio={ratio}, which sets "
+                          "data.n_samples from the model; give one of them (data.capacity_ratio=null to set N "
+                          "directly)")
 
 
 def with_references(cells: list[PlannedCell], root: Path) -> list[PlannedCell]:

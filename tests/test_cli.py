@@ -146,8 +146,8 @@ def test_plan_of_the_capacity_grid_summarises_it_in_well_under_a_minute(tmp_path
     assert time.process_time() - started < 60
     out = capsys.readouterr().out.splitlines()
     assert len(out) < 30 and out[0].split()[:6] == ["L", "d", "V", "S", "P", "cells"]
-    assert sum(line.split()[5] == "150" for line in out[1:-2]) == 20  # 20 model shapes x 150 cells
-    assert out[-2].startswith("3000 cells (0 already done") and "device-hours" in out[-2]
+    assert sum(line.split()[5] == "100" for line in out[1:-2]) == 20  # 20 model shapes x 100 cells
+    assert out[-2].startswith("2000 cells (0 already done") and "device-hours" in out[-2]
     assert not (tmp_path / "s").exists()
 
 
@@ -176,3 +176,12 @@ def test_plan_checks_devices_against_the_slurm_allocation(tmp_path, capsys):
 def test_memsweep_console_script_is_registered():
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts.get("memsweep") == "memsweep.cli:main"
+
+
+def test_a_grid_placed_by_capacity_ratio_refuses_an_n_samples_that_it_would_ignore(tmp_path, capsys):
+    assert main(["plan", "experiment=reproduce-quick", "data.n_samples=64", "--sweep-dir", str(tmp_path / "s")]) == 2
+    assert "data.n_samples: this grid places N by data.capacity_ratio=" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert main(["plan", "experiment=reproduce-quick", "data.capacity_ratio=null", "data.n_samples=64",
+                 "--sweep-dir", str(tmp_path / "s")]) == 0
+    assert "2 cells (0 already done" in capsys.readouterr().out  # d16 and d32, both at N = 64

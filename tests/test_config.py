@@ -9,7 +9,7 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from memsweep.cell import gpt_config
-from memsweep.config import ConfigError, cell_config
+from memsweep.config import ConfigError, cell_config, load_cell_config, save_cell_config
 from memsweep.model import GPT, paper_param_count
 from tests.conftest import compose_config
 
@@ -57,6 +57,10 @@ def test_every_experiment_composes(experiment):
     ("seed=-1", "seed"),
     ("data.seed=4294967296", "data.seed"),
     ("trainer.lease_seconds=1", "trainer.lease_seconds"),
+    ("data.capacity_ratio=0", "data.capacity_ratio"),
+    ("data.capacity_ratio=nan", "data.capacity_ratio"),
+    ("data.capacity_alpha=-3", "data.capacity_alpha"),
+    ("trainer.lr_reference_width=0", "trainer.lr_reference_width"),
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -141,3 +145,31 @@ def test_cli_refuses_a_run_dir_that_holds_another_cell(tmp_path):
     other = subprocess.run([*args, "seed=1"], capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "holds another cell" in other.stderr
     assert (tmp_path / "result.json").read_text() == before
+
+
+def test_capacity_ratio_places_n_at_the_models_own_capacity():
+    # 1L d32 at V = 2048, S = 64: P = 80,352, so ratio 1 at 3.64 bits/param is
+    # 3.64 * 80,352 / 704 = 415.46 sequences (the "about 415"); 2L d128 (P = 667,136): 3,449.
+    small = cell_config(compose_config(["data.capacity_ratio=1"]))
+    assert small.data.n_samples == 415
+    assert cell_config(compose_config(["model=paper-2L-d128", "data.capacity_ratio=1"])).data.n_samples == 3449
+    assert cell_config(compose_config(["data.capacity_ratio=2", "data.capacity_alpha=3.0"])).data.n_samples == round(
+        2 * 3.0 * 80_352 / 704)
+    assert cell_config(compose_config(["data.capacity_ratio=1e-9"])).data.n_samples == 1  # never 0 sequences
+    # The id is that of the resolved N: the same cell whichever way N was given.
+    assert small.cell_id == cell_config(compose_config(["data.n_samples=415"])).cell_id
+
+
+def test_capacity_ratio_is_refused_for_text_whose_bits_are_unknown_before_training():
+    with pytest.raises(ConfigError, match=r"^data.capacity_ratio: places N by the bits of uniform sequences"):
+        cell_config({"data": {"kind": "text", "vocab_size": None, "capacity_ratio": 1.0}})
+
+
+def test_lr_reference_width_scales_the_rate_by_width_and_is_resolved_into_lr(tmp_path):
+    wide = cell_config(compose_config(["model=paper-2L-d128", "trainer.lr=1e-2", "trainer.lr_reference_width=32"]))
+    assert wide.trainer.lr == pytest.approx(2.5e-3) and wide.trainer.lr_reference_width is None
+    same = cell_config(compose_config(["model=paper-2L-d128", "trainer.lr=2.5e-3"]))
+    assert wide.cell_id == same.cell_id
+    # Resolved once: the saved config reloads to the same rate (not scaled a second time).
+    save_cell_config(wide, tmp_path / "config.yaml")
+    assert load_cell_config(tmp_path / "config.yaml").trainer.lr == wide.trainer.lr

@@ -19,7 +19,7 @@ from memsweep.record import RESULT_FILE, write_json_atomic
 from memsweep.sweep import plan_sweep, write_plan
 from tests.wandb_offline import history_and_summary, records
 
-GRID = ["experiment=reproduce-quick", "model.d_model=8,16", "data.n_samples=8,32,128", "data.n_heldout=512",
+GRID = ["experiment=reproduce-quick", "model.d_model=8,16", "data.capacity_ratio=null", "data.n_samples=8,32,128", "data.n_heldout=512",
         "trainer.max_steps=200", "trainer.batch_size=32", "trainer.eval_interval=50"]
 
 

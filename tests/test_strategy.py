@@ -91,6 +91,16 @@ def test_thresholds_in_fp32_on_an_80_gib_device():
         choose_strategy("fp32", 8, 1, "auto", None, int(40 * 2**30 / 2) + 1)
 
 
+def test_bf16_with_an_fp32_optimizer_state_needs_12_bytes_a_parameter():
+    pure, fp32_state = int(40 * 2**30 / 8), int(40 * 2**30 / 12)  # 40 GiB of state on an 80 GiB device
+    assert choose_strategy("bf16", 1, 1, "auto", None, pure) == ("single", None)
+    for optimizer in ("fp32-state", "stochastic-rounding"):
+        assert choose_strategy("bf16", 1, 1, "auto", None, fp32_state, bf16_optimizer=optimizer) == ("single", None)
+        with pytest.raises(ConfigError, match=r"^trainer.devices: .* 60.0 GiB of weights, gradients and AdamW state"):
+            choose_strategy("bf16", 1, 1, "auto", None, int(60 * 2**30 / 12), bf16_optimizer=optimizer)
+        assert min_devices(pure, "bf16", bf16_optimizer=optimizer) == 2
+
+
 def test_the_1_5b_ladder_top_trains_replicated_and_the_device_size_matters():
     assert choose_strategy("fp32", 1, 1, "auto", None, 1_500_000_000) == ("single", None)
     assert choose_strategy("bf16", 4, 1, "auto", None, 1_500_000_000) == ("ddp", None)
