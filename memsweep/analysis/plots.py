@@ -269,3 +269,29 @@ def throughput(table: pd.DataFrame) -> plt.Figure:
     _log_axis(ax.xaxis, np.concatenate([table["n_params"] / 1.3, table["n_params"] * 1.3]))
     _legend(fig, handles)
     return fig
+
+
+def time_to_capacity(points: pd.DataFrame, curves: pd.DataFrame, laws: pd.DataFrame) -> plt.Figure:
+    """Memorized bits per parameter against training tokens (log axis) for schedule=wsd cells:
+    the constant-LR run as a thin line, the model after each decay as points joined by a thick
+    line, and Table 1's value for the same config (dotted) where the paper has one."""
+    fig, axes = _panels(sorted(points["precision"].unique()))
+    colors = _colors(points)
+    markers = dict(zip(sorted(points["n_samples"].unique()), "osD^vP*X" * 8))  # N apart within a model's colour
+    handles: list = []
+    for precision, ax in axes.items():
+        for (model, n), p in points[points["precision"] == precision].groupby(["model", "n_samples"]):
+            p, color, marker = p.sort_values("tokens"), colors[model], markers[n]
+            if len(curves):
+                c = curves[(curves["model"] == model) & (curves["n_samples"] == n) & (curves["precision"] == precision)]
+                ax.plot(c["tokens"], c["memorized_bits"] / p["n_params"].iloc[0], color=color, lw=0.8, alpha=0.6)
+            ax.plot(p["tokens"], p["bits_per_param"], color=color, lw=2, marker=marker, ms=5)
+            handles.append(_key(f"{model} {precision}, N = {n:,}: after each decay", color=color, lw=2, marker=marker))
+        for target in laws.loc[laws["precision"] == precision, "table1_bits_per_param"].dropna().unique():
+            ax.axhline(target, color="grey", ls=":", lw=1)
+        ax.set(xscale="log", xlabel="training tokens behind the model", ylabel="memorized bits / parameter",
+               title=precision)
+    handles += [_key("constant-LR run between decays", color="grey", lw=0.8),
+                _key("Table 1, same config", color="grey", ls=":", lw=1)]
+    _legend(fig, handles)
+    return fig

@@ -27,6 +27,7 @@ from memsweep.analysis.text import TEXT_CHARS, build_text_part, split_by_kind
 from memsweep.analysis.paper import (PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, grid_facts,
                                      table1_comparison, verdict_lines)
 from memsweep.analysis.throughput import throughput_summary, throughput_table
+from memsweep.analysis.time_to_capacity import decayed_points, growth_laws, growth_lines, stable_curves
 from memsweep.cell import PER_SAMPLE_FILE
 
 REPORT_DIR = "report"
@@ -159,6 +160,13 @@ def _uniform_part(report: Report, cells: pd.DataFrame, n_boot: int, peak_flops: 
     report.tables["appendix_a1_comparison"] = appendix_a1_comparison(cells)
     throughput = throughput_table(cells, peak_flops)
     report.tables["throughput"], report.tables["throughput_summary"] = throughput, throughput_summary(throughput)
+
+    decays = decayed_points(cells, report.sweep_dir)
+    if len(decays):
+        laws = growth_laws(decays, cells)
+        report.tables["time_to_capacity"], report.tables["growth_laws"] = decays, laws
+        report.summary["growth"] = growth_lines(laws)
+        report.plots["time_to_capacity"] = ("time_to_capacity", decays, stable_curves(cells, report.sweep_dir), laws)
 
     report.plots["capacity_curves"] = ("capacity_curves", cells, summary)
     report.plots["alpha_fit"] = ("alpha_fit", caps, fits)
@@ -302,6 +310,13 @@ def _uniform_markdown(report: Report) -> list[str]:
             f"({'mean over seeds' if t['cells']['seed'].nunique() >= 2 else 'one seed'}):", "",
             _md_table(t["appendix_a1_comparison"]),
             "Where the paper disagrees with itself:", ""] + [f"- {n}" for n in PAPER_INCONSISTENCIES] + [""]
+    if "time_to_capacity" in t:
+        out += ["## Time to capacity (schedule=wsd cells)", "", "Memorized bits after each decay branch and the final "
+                "decay, against the training tokens behind that model (branch steps included):", ""]
+        out += fig("time_to_capacity", "time to capacity") + [f"- {line}" for line in s["growth"]] + [""]
+        out += [_md_table(t["time_to_capacity"], ["model", "precision", "n_samples", "seed", "stable_steps",
+                                                  "decay_steps", "tokens", "memorized_bits", "bits_per_param",
+                                                  "gain_per_doubling", "final"])]
     out += ["## Double descent", ""] + fig("double_descent", "double descent") + _double_descent_text(t["double_descent"])
     out += ["## Membership inference", ""] + fig("membership", "membership inference") + _membership_text(report)
     out += ["## Throughput", ""] + fig("throughput", "throughput") + [_md_table(t["throughput_summary"])]
