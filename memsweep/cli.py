@@ -371,7 +371,7 @@ def _perspectives(args: argparse.Namespace) -> int:
                      (sweep_cells(Path(spec), args.n_samples) if Path(spec).is_dir() and not (Path(spec) / "result.json").exists()
                       else [spec])]
         out = run_perspectives(specs, args.corpus, _int_list(args.context), _int_list(args.continuation), args.out,
-                               args.max_rows, args.batch_size, args.device, args.hidden_rows)
+                               args.max_rows, args.batch_size, args.device, args.hidden_rows, args.seq_len)
         report = build_perspectives_report(out)
         path = write_perspectives_report(report, out)
         if args.wandb:
@@ -394,14 +394,19 @@ def _int_list(text: str) -> list[int]:
 def _add_perspectives(commands) -> None:
     p = commands.add_parser("perspectives", help="Chen et al. 2024's memorization analyses of text models")
     p.add_argument("sources", nargs="*", help="memsweep sweep or cell dirs of text cells")
-    p.add_argument("--model", action="append", help="hf:NAME@REVISION or path:HF_DIR (repeatable)")
-    p.add_argument("--corpus", help="path:ROWS.npy (token rows), or a built-in corpus for memsweep models "
-                   "(default: the cells' own training rows)")
+    p.add_argument("--model", action="append", help="hf:NAME@REVISION or path:HF_DIR (repeatable); a GGUF model: "
+                   "convert it first, python -m memsweep.perspectives.gguf_to_hf FILE.gguf DIR")
+    p.add_argument("--corpus", help="a built-in corpus (memsweep corpus list) or hf:DATASET[@REVISION] (its text "
+                   "column): for memsweep cells their pool's rows, for HF models tokenized with their own (shared) "
+                   "tokenizer, in document order; or path:ROWS.npy (token rows). Default: the cells' own training "
+                   "rows")
+    p.add_argument("--seq-len", type=int, help="HF models on a named corpus: tokens per row (default: the longest "
+                   "context + continuation)")
     p.add_argument("--n-samples", type=int, help="from a sweep dir, the cells trained on this many rows "
                    "(default: the largest N of each model size)")
     p.add_argument("--context", default="32", help="context lengths, comma-separated (default 32)")
     p.add_argument("--continuation", default="16", help="continuation lengths, comma-separated (default 16)")
-    p.add_argument("--max-rows", type=int, help="score at most this many rows")
+    p.add_argument("--max-rows", type=int, help="score at most this many rows (the first ones)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--hidden-rows", type=int, default=2048, help="rows whose hidden states are kept (stratified)")
     p.add_argument("--device", default="auto")

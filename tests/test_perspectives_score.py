@@ -160,6 +160,8 @@ def test_sizes_are_refused_before_any_model_loads(tmp_path):
         run_perspectives([missing], f"path:{tmp_path / 'rows.npy'}", [4, 8], [12], out_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="no such directory"):  # fits: only now is the model looked for
         run_perspectives([missing], f"path:{tmp_path / 'rows.npy'}", [4], [12], out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"--seq-len 12: the rows of .*rows.npy have 16 tokens"):
+        run_perspectives([missing], f"path:{tmp_path / 'rows.npy'}", [4], [8], out_dir=tmp_path / "out", seq_len=12)
 
 
 def test_vocab_and_tokenizer_mismatches_are_refused_naming_both(untrained, tmp_path):
@@ -278,3 +280,13 @@ def test_a_sweep_scores_the_largest_n_of_each_size_from_model_pt_or_its_final_ch
     (sweep / "large-128" / "result.json").write_text(json.dumps({**record, "steps": 400}))
     with pytest.raises(ValueError, match="step-000000300.ckpt is at step 300, but the cell finished at step 400"):
         load_models([str(sweep / "large-128")], "cpu")
+
+
+def test_hf_models_need_a_corpus_and_do_not_share_one_with_memsweep_cells(tmp_path):
+    missing = f"path:{tmp_path / 'no-such-model'}"
+    with pytest.raises(ValueError, match=r"is not a memsweep cell: name the text to score it on, --corpus NAME"):
+        run_perspectives([missing], None, [4], [8], out_dir=tmp_path / "out")
+    fake_text_cell(tmp_path / "cell", 1, 64)
+    with pytest.raises(ValueError, match=rf"model {missing} reads the corpus through its own tokenizer, cell "
+                                         rf"{tmp_path / 'cell'} through its training pool's"):
+        run_perspectives([str(tmp_path / "cell"), missing], "small-mixed", [4], [8], out_dir=tmp_path / "out")

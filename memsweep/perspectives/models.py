@@ -14,9 +14,7 @@ reached, so there a true continuation that holds an EOS can never be matched.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -28,11 +26,11 @@ import torch
 
 from memsweep.config import CONFIG_FILE, DataConfig, load_cell_config
 from memsweep.model import GPT, GPTConfig, pick_attention
+from memsweep.perspectives.hf_tokenizer import (HF_PREFIX, PATH_PREFIX, find_tokenizer, hf_location,
+                                                require_transformers, tokenizer_identity)
 from memsweep.record import RESULT_FILE, read_result
 from memsweep.text.decode import greedy_continue
 
-TRANSFORMERS_INSTALL = 'pip install -e ".[text]"'
-HF_PREFIX, PATH_PREFIX = "hf:", "path:"
 ENTROPY_CHUNK_ELEMENTS = 1 << 24
 """Logits turned into float32 probabilities at a time (64 MiB)."""
 SUPPRESSED_LOGIT = torch.finfo(torch.float32).min
@@ -354,33 +352,26 @@ def _trained_weights(cell_dir: Path, cfg, record: dict) -> tuple[GPTConfig, dict
                                                   if k.startswith("model.")}
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise RuntimeError(f"scoring Hugging Face models needs transformers: {TRANSFORMERS_INSTALL}") from None
-    return transformers
-
-
 def load_hf(spec: str, device: torch.device) -> HFModel:
     """`hf:NAME@REVISION` from the hub (or its cache), `path:DIR` from a save_pretrained dir; in
     fp32 on CPU, on CUDA in the 16-bit dtype the checkpoint declares (else bf16, or fp16 where
     bf16 is unsupported)."""
-    transformers = _transformers()
+    transformers = require_transformers()
+    where, revision = hf_location(spec)
     if spec.startswith(HF_PREFIX):
-        where, _, revision = spec.removeprefix(HF_PREFIX).partition("@")
         name = where.replace("/", "--") + (f"@{revision}" if revision else "")
     else:
-        where, revision = spec.removeprefix(PATH_PREFIX), ""
-        if not Path(where).is_dir():
-            raise ValueError(f"{spec}: no such directory (path: takes a Hugging Face save_pretrained dir)")
         name = Path(where).resolve().name
-    revision = revision or None
     config = transformers.AutoConfig.from_pretrained(where, revision=revision)
-    dtype_key = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
     module = transformers.AutoModelForCausalLM.from_pretrained(
-        where, revision=revision, **{dtype_key: _hf_dtype(config, device)})
-    return HFModel(module.to(device), name, spec, _hf_tokenizer_id(transformers, where, revision))
+        where, revision=revision, **{dtype_keyword(transformers): _hf_dtype(config, device)})
+    tokenizer = find_tokenizer(spec)
+    return HFModel(module.to(device), name, spec, None if tokenizer is None else tokenizer_identity(tokenizer, spec))
+
+
+def dtype_keyword(transformers) -> str:
+    """from_pretrained's dtype argument: `dtype` since transformers 4.56, `torch_dtype` before."""
+    return "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -395,18 +386,3 @@ def _hf_dtype(config, device: torch.device) -> torch.dtype:
     if declared in (torch.float16, torch.bfloat16):
         return declared
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _hf_tokenizer_id(transformers, where: str, revision: str | None) -> dict | None:
-    """The tokenizer's identity, hashed over its vocabulary; None when the model ships none
-    (transformers 5 then makes one of special tokens alone from the model's class)."""
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, revision=revision)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    vocab = tokenizer.get_vocab()
-    if len(vocab) <= len(set(tokenizer.all_special_tokens)):
-        return None
-    vocab = json.dumps(sorted(vocab.items()), ensure_ascii=False)
-    return {"kind": "hf", "name": where + (f"@{revision}" if revision else ""), "vocab_size": len(tokenizer),
-            "sha256": hashlib.sha256(vocab.encode()).hexdigest()}
