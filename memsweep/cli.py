@@ -96,7 +96,7 @@ def _plan(args: argparse.Namespace) -> int:
     done = sum(r[3] == "done" for r in rows)
     print(f"{len(rows)} cells ({done} already done, left untouched) in sweep {plan.name!r}: at most "
           f"{total_flops:.3g} FLOPs, {total_flops / per_hour:.3g} device-hours at an assumed "
-          f"{args.flops_per_second:.3g} FLOP/s (upper bound: trainer.max_steps; saturation stops earlier)")
+          f"{args.flops_per_second:.3g} FLOP/s (upper bound: trainer.max_steps and every wsd decay branch; saturation stops earlier)")
     if args.write:
         write_plan(plan)
         print(f"wrote {plan.sweep_dir / 'sweep.json'} and <cell id>/config.yaml under {plan.sweep_dir}")

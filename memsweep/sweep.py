@@ -38,6 +38,7 @@ from omegaconf.errors import ConfigAttributeError
 
 from memsweep.config import CONFIG_FILE, CellConfig, ConfigError, cell_config, save_cell_config, unknown_key_message
 from memsweep.preflight import check_resources
+from memsweep.saturation import decay_steps, probe_steps
 from memsweep.record import read_result, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -242,9 +243,15 @@ def read_plan(sweep_dir: Path) -> dict | None:
 
 def estimated_flops(cfg: CellConfig, n_params: int) -> float:
     """An upper bound on a cell's compute: 6·P per trained token (forward and backward) for all
-    max_steps·batch·S tokens, plus 2·P per token for the full evaluation of the training and
-    held-out sets every eval_interval steps. Saturation usually stops a cell earlier."""
+    max_steps·batch·S tokens and, under schedule=wsd, every decay branch's steps, plus 2·P per
+    token for the full evaluation of the training and held-out sets every eval_interval steps and
+    after each branch. Saturation usually stops a cell earlier."""
     d, t = cfg.data, cfg.trainer
-    train_tokens = t.max_steps * t.batch_size * d.seq_len
-    eval_tokens = (t.max_steps // t.eval_interval) * (d.n_samples + d.n_heldout) * d.seq_len
+    steps, evaluations = t.max_steps, t.max_steps // t.eval_interval
+    if t.schedule == "wsd":
+        branches = probe_steps(t.saturation.min_steps, t.max_steps, t.saturation.cooldown)
+        steps += sum(decay_steps(step, t.saturation.cooldown) for step in branches)
+        evaluations += len(branches)
+    train_tokens = steps * t.batch_size * d.seq_len
+    eval_tokens = evaluations * (d.n_samples + d.n_heldout) * d.seq_len
     return 6.0 * n_params * train_tokens + 2.0 * n_params * eval_tokens

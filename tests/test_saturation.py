@@ -222,3 +222,16 @@ def test_a_wsd_cell_that_reaches_max_steps_ends_with_its_final_decay(tmp_path):
     assert growth[-1]["memorized_bits"] == rows[-1]["memorized_bits"] == record["memorized_bits"]
     assert growth[-1]["gain_per_doubling"] == pytest.approx(
         gain_per_doubling(80, growth[-2]["memorized_bits"], 83, growth[-1]["memorized_bits"]))
+
+
+def test_the_planned_cost_of_a_wsd_cell_counts_its_decay_branches():
+    from memsweep.sweep import estimated_flops
+
+    plain = tiny_cell("trainer.schedule=cosine")
+    wsd = tiny_cell()  # max_steps 1,000, branches at PROBES, each 20% of its stable steps
+    tokens_per_step, eval_tokens = 16 * 16, (16 + 32) * 16
+    branch_steps = sum(math.ceil(0.2 * s) for s in PROBES)  # 4 + 8 + 16 + 32 + 64 + 128 = 252
+    p = 4_592
+    assert estimated_flops(plain, p) == 6 * p * 1000 * tokens_per_step + 2 * p * (1000 // 20) * eval_tokens
+    assert estimated_flops(wsd, p) == 6 * p * (1000 + branch_steps) * tokens_per_step + \
+        2 * p * (1000 // 20 + len(PROBES)) * eval_tokens
