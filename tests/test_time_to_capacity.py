@@ -64,3 +64,14 @@ def test_the_extrapolation_to_table1_uses_the_last_gain_and_says_when_it_is_opti
     assert law.bits_per_doubling_last == pytest.approx(1e4) and law.per_doubling_falls
     assert law.doublings_to_table1 == pytest.approx((4.23 * p - 2.7e5) / 1e4)
     assert law.tokens_to_table1 == pytest.approx(4e7 * 2 ** law.doublings_to_table1)
+    # Gains of 20k then 10k bits per doubling: ratio 0.5, so the curve levels off 10k bits above the last point.
+    assert law.gain_ratio == pytest.approx(0.5)
+    assert law.plateau_bits_per_param == pytest.approx((2.7e5 + 1e4) / p)
+
+
+def test_no_plateau_is_projected_from_gains_that_do_not_shrink():
+    points = pd.DataFrame({"cell_id": "c", "tokens": [1e7, 2e7, 4e7], "memorized_bits": [2.4e5, 2.5e5, 2.6e5]})
+    cells = pd.DataFrame([{"cell_id": "c", "model": "m", "precision": "fp32", "n_samples": 8, "n_params": 100,
+                           "vocab_size": 64, "seq_len": 16, "n_layer": 1, "d_model": 16}])
+    law = growth_laws(points, cells).iloc[0]
+    assert law.gain_ratio == pytest.approx(1.0) and law.plateau_bits_per_param is None

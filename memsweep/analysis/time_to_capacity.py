@@ -81,11 +81,15 @@ def growth_laws(points: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         slopes = np.diff(y) / np.diff(x)
         cell = cells.loc[cells["cell_id"] == cell_id].iloc[0]
         target = _table1_bits_per_param(cell)
+        ratio = slopes[-1] / slopes[-2] if len(slopes) >= 2 and slopes[-2] > 0 else None
+        plateau = y[-1] + slopes[-1] * ratio / (1 - ratio) if ratio is not None and 0 < ratio < 1 else None
         row = {"cell_id": cell_id, "model": cell["model"], "precision": cell["precision"],
                "n_samples": int(cell["n_samples"]), "n_params": int(cell["n_params"]), "n_decays": len(p),
                "last_tokens": p["tokens"].iloc[-1], "last_bits_per_param": y[-1] / cell["n_params"],
                "bits_per_doubling_last": last, "bits_per_doubling_fit": float(np.polyfit(x, y, 1)[0]),
                "per_doubling_falls": bool(len(slopes) >= 2 and slopes[-1] < slopes[-2]),
+               "gain_ratio": ratio,
+               "plateau_bits_per_param": plateau / cell["n_params"] if plateau is not None else None,
                "table1_bits_per_param": target, "tokens_to_table1": None, "doublings_to_table1": None}
         if target is not None and last > 0:
             doublings = max(0.0, (target * cell["n_params"] - y[-1]) / last)
@@ -115,5 +119,8 @@ def growth_lines(laws: pd.DataFrame) -> list[str]:
                      f"doublings ({law.tokens_to_table1:.3g} tokens)")
             text += (", and since the gain per doubling is falling that is a lower bound on the tokens"
                      if law.per_doubling_falls else "")
+        if law.plateau_bits_per_param is not None and not math.isnan(law.plateau_bits_per_param):
+            text += (f"; the gain per doubling shrank by {law.gain_ratio:.2f}x at the last doubling, and if it keeps "
+                     f"shrinking so the curve levels off at {law.plateau_bits_per_param:.2f} bits/param (a projection)")
         lines.append(text + ".")
     return lines
