@@ -37,6 +37,54 @@ from memsweep.saturation import DoublingRule, Plateau, decay_steps, final_decay_
 from memsweep.schedule import linear_decay
 
 
+def metrics_row(cfg: CellConfig, step: int, lr: float, train_seconds: float, nll: dict[str, np.ndarray],
+                fp32_train_nll: np.ndarray | None = None, branch_steps: int = 0) -> dict[str, float]:
+    """A cell's metrics.csv row from its per-sample NLLs (`train`, `heldout`; a bf16 cell's fp32
+    forward of the training set too). A decay branch's row has the step it branched from, its
+    `branch_steps`, and the tokens behind the evaluated model. Shared with packed cells
+    (memsweep.pack), so both measure alike."""
+    S, V = cfg.data.seq_len, cfg.data.vocab_size
+    train = uniform_memorization(nll["train"], S, V)
+    heldout = uniform_memorization(nll["heldout"], S, V)
+    row = {
+        "step": step,
+        "tokens_seen": (step + branch_steps) * cfg.trainer.batch_size * S,
+        "lr": 0.0 if branch_steps else lr,  # the rate of the next step: a finished decay's is 0
+        "train_seconds": train_seconds,
+        "memorized_bits": train.memorized_bits,
+        "memorized_bits_unclipped": train.memorized_bits_unclipped,
+        "memorized_fraction": train.memorized_bits / train.dataset_bits,
+        "train_loss": train.loss_nats,
+        "train_loss_bits": train.loss_bits,
+        "test_loss": heldout.loss_nats,
+        "test_loss_bits": heldout.loss_bits,
+        "heldout_memorized_bits": heldout.memorized_bits,
+    }
+    if cfg.precision == "bf16":
+        row["memorized_bits_fp32_forward"] = uniform_memorization(fp32_train_nll, S, V).memorized_bits
+    if cfg.trainer.schedule == "wsd":
+        row["branch_steps"] = branch_steps
+    return row
+
+
+def check_finite_row(row: dict[str, float]) -> None:
+    """Raise NonFiniteError naming the metrics that are NaN or infinite."""
+    bad = [k for k, v in row.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"non-finite {', '.join(bad)} at step {row['step']} "
+                             f"(memorized bits {row['memorized_bits']}, train loss {row['train_loss']})")
+
+
+def append_metrics_row(path: Path, row: dict[str, float]) -> None:
+    """Append a row to metrics.csv, with the header if the file is new."""
+    new_file = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 class StepTimer(L.Callback):
     """Seconds spent in training steps only (evaluation excluded), for honest tokens/s, and the
     wall time of all attempts of the cell together.
@@ -109,54 +157,26 @@ class MemorizationMonitor(L.Callback):
                                 trainer.world_size, trainer.strategy.all_gather)
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, branch_steps: int = 0) -> dict[str, float]:
-        """The metrics row of the model as it is now; a branch's row has the step it branched
-        from, its `branch_steps`, and the tokens behind the evaluated model."""
-        S, V = self.cfg.data.seq_len, self.cfg.data.vocab_size
+        """The metrics row of the model as it is now (metrics_row)."""
         self.per_sample_nll_bits = {"train": self._nll(trainer, pl_module, self.train_tokens),
                                     "heldout": self._nll(trainer, pl_module, self.heldout_tokens)}
-        train = uniform_memorization(self.per_sample_nll_bits["train"], S, V)
-        heldout = uniform_memorization(self.per_sample_nll_bits["heldout"], S, V)
-        step = trainer.global_step
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else 0.0
-        row = {
-            "step": step,
-            "tokens_seen": (step + branch_steps) * self.cfg.trainer.batch_size * S,
-            "lr": 0.0 if branch_steps else lr,  # the rate of the next step: a finished decay's is 0
-            "train_seconds": self.timer.train_seconds,
-            "memorized_bits": train.memorized_bits,
-            "memorized_bits_unclipped": train.memorized_bits_unclipped,
-            "memorized_fraction": train.memorized_bits / train.dataset_bits,
-            "train_loss": train.loss_nats,
-            "train_loss_bits": train.loss_bits,
-            "test_loss": heldout.loss_nats,
-            "test_loss_bits": heldout.loss_bits,
-            "heldout_memorized_bits": heldout.memorized_bits,
-        }
+        fp32_train = None
         if self.cfg.precision == "bf16":  # the same bf16 weights in an fp32 forward (docs/bf16.md)
-            nll = sharded_nll_bits(float32_copy(pl_module.model), self.train_tokens, self.cfg.trainer.eval_batch_size,
-                                   pl_module.device, contextlib.nullcontext, trainer.global_rank, trainer.world_size,
-                                   trainer.strategy.all_gather)
-            row["memorized_bits_fp32_forward"] = uniform_memorization(nll, S, V).memorized_bits
-        if self.wsd:
-            row["branch_steps"] = branch_steps
-        return row
+            fp32_train = sharded_nll_bits(float32_copy(pl_module.model), self.train_tokens,
+                                          self.cfg.trainer.eval_batch_size, pl_module.device, contextlib.nullcontext,
+                                          trainer.global_rank, trainer.world_size, trainer.strategy.all_gather)
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else 0.0
+        return metrics_row(self.cfg, trainer.global_step, lr, self.timer.train_seconds, self.per_sample_nll_bits,
+                           fp32_train, branch_steps)
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, branch_steps: int = 0) -> dict[str, float]:
         check_training_loss(trainer, pl_module)
         row = self._evaluate(trainer, pl_module, branch_steps)
-        bad = [k for k, v in row.items() if not math.isfinite(v)]
-        if bad:
-            raise NonFiniteError(f"non-finite {', '.join(bad)} at step {row['step']} "
-                                 f"(memorized bits {row['memorized_bits']}, train loss {row['train_loss']})")
+        check_finite_row(row)
         self.last, self.last_eval_step = row, trainer.global_step
         if trainer.is_global_zero:
             self.fence()
-            new_file = not self.metrics_path.exists()
-            with self.metrics_path.open("a", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                if new_file:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_metrics_row(self.metrics_path, row)
         prefix = "decay" if branch_steps else "eval"
         for logger in trainer.loggers:
             logger.log_metrics({f"{prefix}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])

@@ -168,20 +168,24 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
 def _resume_point(run_dir: Path) -> Path | None:
     """The checkpoint to resume from; the metrics rows after it are dropped (they will be replayed)."""
     checkpoint = newest_valid_checkpoint(run_dir)
+    if _is_global_zero():
+        truncate_metrics(run_dir, step_of(checkpoint) if checkpoint else None)
+    return checkpoint
+
+
+def truncate_metrics(run_dir: Path, step: int | None) -> None:
+    """Keep the metrics rows up to the step a cell resumes from (None: from scratch, none kept)."""
     metrics = run_dir / METRICS_FILE
-    if not _is_global_zero():
-        return checkpoint
-    if checkpoint is None:
+    if step is None:
         metrics.unlink(missing_ok=True)
     elif metrics.exists():
         with metrics.open() as fh:
             rows = list(csv.DictReader(fh))
-        kept = [row for row in rows if int(row["step"]) <= step_of(checkpoint)]
+        kept = [row for row in rows if int(row["step"]) <= step]
         with metrics.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
             writer.writeheader()
             writer.writerows(kept)
-    return checkpoint
 
 
 def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: list[L.Callback]) -> L.Trainer:
@@ -277,24 +281,46 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         if top is not None:
             write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
             _save_model(model, run_dir / MODEL_FILE)
-    final = monitor.last
-    n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)
+    device = next(model.parameters()).device
     record = {
         **common,
+        **result_fields(cfg, monitor.last, attention=model.cfg.attention,
+                        param_dtype=next(model.parameters()).dtype,
+                        optimizer_state_dtype=optimizer_state_dtype(trainer.optimizers[0]) if trainer.optimizers else None,
+                        tokens_per_sec=tokens_seen / timer.train_seconds if timer.train_seconds else None,
+                        stop_reason=monitor.stop_reason, saturated_at_step=monitor.saturated_at_step,
+                        saturation_rule=monitor.saturation_rule, growth_per_doubling=monitor.growth_per_doubling,
+                        branch_steps=monitor.branch_steps, device=device, world_size=trainer.world_size,
+                        strategy=type(trainer.strategy).__name__),
+        **text_fields,
+    }
+    close_logger(logger, record)
+    return record
+
+
+def result_fields(cfg: CellConfig, final: dict[str, float], *, attention: str, param_dtype: torch.dtype,
+                  optimizer_state_dtype: str | None, tokens_per_sec: float | None, stop_reason: str,
+                  saturated_at_step: int | None, saturation_rule: str, growth_per_doubling: list[dict] | None,
+                  branch_steps: int, device: torch.device, world_size: int, strategy: str) -> dict[str, Any]:
+    """A done cell's record fields after the common ones, from its last metrics row (`final`) and
+    how it trained; shared with packed cells (memsweep.pack), whose records read alike."""
+    data, trainer_cfg = cfg.data, cfg.trainer
+    n_params = paper_param_count(data.vocab_size, data.seq_len, cfg.model.n_layer, cfg.model.d_model)
+    return {
         "n_params": n_params,
         "n_params_bos": cfg.model.d_model,
         "n_layer": cfg.model.n_layer,
         "d_model": cfg.model.d_model,
         "n_head": cfg.model.n_head,
-        "attention": model.cfg.attention,
+        "attention": attention,
         "vocab_size": data.vocab_size,
         "seq_len": data.seq_len,
         "n_samples": data.n_samples,
         "n_heldout": data.n_heldout,
         "precision": cfg.precision,
-        "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "param_dtype": str(param_dtype).removeprefix("torch."),
         "bf16_optimizer": trainer_cfg.bf16_optimizer if cfg.precision == "bf16" else None,
-        "optimizer_state_dtype": optimizer_state_dtype(trainer.optimizers[0]) if trainer.optimizers else None,
+        "optimizer_state_dtype": optimizer_state_dtype,
         "memorized_bits_fp32_forward": final.get("memorized_bits_fp32_forward") if data.kind == "uniform" else None,
         "data_seed": data.seed,
         "seed": cfg.seed,
@@ -308,24 +334,21 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
         "train_loss_bits": final["train_loss_bits"],
         "test_loss": final["test_loss"],
         "test_loss_bits": final["test_loss_bits"],
-        "tokens_per_sec": tokens_seen / timer.train_seconds if timer.train_seconds else None,
-        "stop_reason": monitor.stop_reason,
-        "saturated_at_step": monitor.saturated_at_step,
-        "saturation_rule": monitor.saturation_rule,
-        "growth_per_doubling": monitor.growth_per_doubling,
-        "branch_steps": monitor.branch_steps,
-        "device": str(next(model.parameters()).device),
-        "device_name": _device_name(next(model.parameters()).device),
-        "world_size": trainer.world_size,
-        "strategy": type(trainer.strategy).__name__,
+        "tokens_per_sec": tokens_per_sec,
+        "stop_reason": stop_reason,
+        "saturated_at_step": saturated_at_step,
+        "saturation_rule": saturation_rule,
+        "growth_per_doubling": growth_per_doubling,
+        "branch_steps": branch_steps,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "world_size": world_size,
+        "strategy": strategy,
         "cell_id": cfg.cell_id,
         "data_kind": data.kind,
         "repeat_counts": list(data.repeat_count_list()) or None,
         "repeat_rows": data.repeat_rows if data.repeat_counts is not None else None,
-        **text_fields,
     }
-    close_logger(logger, record)
-    return record
 
 
 def _save_model(model: torch.nn.Module, path: Path) -> None:

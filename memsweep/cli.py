@@ -282,6 +282,8 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"config error: {err}\nnothing was written")
     if args.workers is not None and args.workers < 1:
         return _error(f"--workers must be at least 1, got {args.workers}")
+    if args.pack is not None and args.pack < 1:
+        return _error(f"--pack must be at least 1, got {args.pack}")
     write_plan(plan)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # the workers keep Lightning's own messages
@@ -295,8 +297,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         workers = args.workers or default_workers()
         print(f"{len(plan.cells)} cells in {plan.sweep_dir}: {before['done']} already done, {to_train} to train"
-              f"{corrupt}, {workers} workers")
-        stopped_by = run_workers(plan.sweep_dir, workers)
+              f"{corrupt}, {workers} workers" + (f", in packs of up to {args.pack}" if args.pack else ""))
+        stopped_by = run_workers(plan.sweep_dir, workers, args.pack)
     totals = counts(sweep_states(plan.sweep_dir))
     left = sum(totals[s] for s in ("pending", "stale", "interrupted", "preempted", "running"))
     if stopped_by is not None:
@@ -321,6 +323,8 @@ def _add_run(commands) -> None:
     p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
     p.add_argument("--workers", type=int, help="cells trained at once, each in its own process "
                    "(default: one per GPU, or one per CPU core without GPUs)")
+    p.add_argument("--pack", type=int, metavar="K", help="each worker trains up to K compatible cells at once as "
+                   "one stacked model (memsweep.pack; text and wsd cells run unpacked); default: no packing")
     p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
     p.add_argument("--verbose", action="store_true", help="keep Lightning's banners, tips and warnings")
     _report_options(p)

@@ -9,7 +9,9 @@ when started again. A worker keeps going until no cell is left that it could cla
 live worker trains, so the cell of a worker that was killed is taken over by the others. Threads are split evenly (OMP_NUM_THREADS = cores // K, unless set); on a
 GPU machine worker i sees only GPU i mod (number of GPUs), so K = number of GPUs puts one cell on
 each (untested here: no GPU). While the workers run, `memsweep run` shows the sweep's progress,
-read from the cells' files (memsweep.console).
+read from the cells' files (memsweep.console). With `--pack K` each worker claims up to K
+compatible cells at a time and trains them as one pack (memsweep.pack.launch), every cell still
+its own claim, checkpoints and record.
 """
 
 from __future__ import annotations
@@ -92,17 +94,17 @@ class _Forwarder:
             signal.signal(sig, handler)
 
 
-def run_workers(sweep_dir: Path, workers: int) -> str | None:
+def run_workers(sweep_dir: Path, workers: int, pack: int | None = None) -> str | None:
     """Start the workers and wait for all, showing the sweep's progress; start another round if
-    workers were killed and cells are left (at most MAX_ROUNDS). Returns the name of the signal
-    that stopped the run, if any."""
+    workers were killed and cells are left (at most MAX_ROUNDS). `pack`: cells per pack (None:
+    no packing). Returns the name of the signal that stopped the run, if any."""
     from memsweep.console import SweepProgress
 
     gpus = visible_gpus()
     cell_dirs = plan_cell_dirs(sweep_dir)
     with SweepProgress(_totals(cell_dirs)) as progress:
         for _ in range(MAX_ROUNDS):
-            procs = [_start_worker(sweep_dir, worker_env(i, workers, gpus), progress) for i in range(workers)]
+            procs = [_start_worker(sweep_dir, worker_env(i, workers, gpus), progress, pack) for i in range(workers)]
             with _Forwarder(procs) as forwarder:
                 codes = _wait(procs, cell_dirs, progress)
             if forwarder.signal_name is not None:
@@ -123,10 +125,10 @@ def _totals(cell_dirs: list[str]) -> dict[str, int]:
     return counts([cell_state(Path(d)) for d in cell_dirs])
 
 
-def _start_worker(sweep_dir: Path, env: dict[str, str], progress) -> subprocess.Popen:
+def _start_worker(sweep_dir: Path, env: dict[str, str], progress, pack: int | None = None) -> subprocess.Popen:
     """A worker process. Under a progress bar its output is relayed above the bar (written
     straight to the terminal it would break the bar); otherwise it goes where ours goes."""
-    command = [sys.executable, "-m", "memsweep.local_run", str(sweep_dir)]
+    command = [sys.executable, "-m", "memsweep.local_run", str(sweep_dir), *([str(pack)] if pack else [])]
     if progress.bar is None:
         return subprocess.Popen(command, env=env)
     proc = subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
@@ -149,16 +151,23 @@ def _wait(procs: list[subprocess.Popen], cell_dirs: list[str], progress) -> list
 
 
 def main() -> int:
-    """A worker: pass over the plan until no cell is left that this worker could claim or that a
-    live worker is training (a worker that was killed leaves its cell to the survivors)."""
+    """A worker (`python -m memsweep.local_run SWEEP_DIR [PACK]`): pass over the plan until no
+    cell is left that this worker could claim or that a live worker is training (a worker that
+    was killed leaves its cell to the survivors); with PACK, in packs of up to PACK cells."""
     from memsweep.launcher import CellsFailed, run_cells
 
     cell_dirs = plan_cell_dirs(Path(sys.argv[1]))
+    pack = int(sys.argv[2]) if len(sys.argv) > 2 else None
     failed = False
     claimable = cell_dirs
     while True:
         try:
-            run_cells(claimable, wait_for_reference=False)  # a cell whose reference runs elsewhere waits its turn
+            if pack:
+                from memsweep.pack.launch import run_packed_cells
+
+                run_packed_cells(claimable, pack)
+            else:
+                run_cells(claimable, wait_for_reference=False)  # a cell whose reference runs elsewhere waits its turn
         except CellsFailed as err:
             print(f"memsweep: {err}", file=sys.stderr)
             failed = True

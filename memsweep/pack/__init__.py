@@ -9,6 +9,11 @@ rate, gradient-norm clip, AdamW state and step count, so a cell of a pack trains
 - `optim.PackedAdamW`: K AdamWs as one, with per-cell LR and freezing.
 - `step.PackedTrainStep`: one training step of the pack given K batches.
 - `evaluate.per_cell_nll_bits`: every cell's per-sample NLL over its own token set.
+
+Sweep integration (`memsweep run --pack K`): `grouping.pack_key` (which cells may share a pack),
+`launch.run_packed_cells` (a worker claims and packs cells), `runner.PackRunner` (the training
+loop, per-cell records), `monitor.PackedCell` (one cell's evaluation, saturation and timers),
+`stack.StackedState` (the stacked state, rebuilt as cells leave), `checkpoint` (per-cell files).
 """
 
 from memsweep.pack.batched import BatchedForward

@@ -1,0 +1,25 @@
+"""Which cells can train in one pack: the same stacked shapes and the same shared arithmetic.
+
+A pack stacks its cells' weights and runs one forward, so they must agree on everything that
+shapes a tensor or an op of the whole pack (model shape, V, S, batch size, precision and bf16
+optimizer, AdamW's betas, the evaluation batch, the device). Everything else is per cell: lr,
+warmup, schedule, weight decay, clip, seeds, N, max_steps, eval_interval, saturation settings.
+
+Not packed in this first version (they run unpacked, as before): text cells (a tokenizer, a
+reference cell and text measures per cell), schedule=wsd (its decay branches fork a cell's
+training mid-run), bf16-mixed (autocast) and multi-device or DeepSpeed cells.
+"""
+
+from __future__ import annotations
+
+from memsweep.config import CellConfig
+
+
+def pack_key(cfg: CellConfig) -> tuple | None:
+    """What cells of one pack share; None for a cell that trains unpacked."""
+    m, d, t = cfg.model, cfg.data, cfg.trainer
+    if (d.kind != "uniform" or t.schedule == "wsd" or cfg.precision not in ("fp32", "bf16")
+            or t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single")):
+        return None
+    return (m.n_layer, m.d_model, m.n_head, m.attention, d.vocab_size, d.seq_len, cfg.precision,
+            t.bf16_optimizer, t.batch_size, t.beta1, t.beta2, t.eval_batch_size, t.accelerator)

@@ -1,0 +1,172 @@
+"""A worker's walk over the plan with packing (`memsweep run --pack K`): claim up to K compatible
+cells at a time and train them as one pack.
+
+Same contract as memsweep.launcher.run_cells (outcomes per cell dir, CellsFailed at the end,
+SystemExit after a signal), so memsweep.local_run uses either. Cells are taken in plan order:
+the first claimable cell opens a pack and the next claimable cells of its pack key
+(memsweep.pack.grouping) fill it, so concurrent workers share the cells out through their claims
+alone. A cell that packs not (text, wsd, ...) or that has Lightning checkpoints of an unpacked
+run (resumed as it was started) runs unpacked, through run_cells.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+from memsweep.checkpoint import checkpoints
+from memsweep.claim import CellClaim, ClaimLost
+from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
+from memsweep.launcher import CellsFailed, _interrupted, _is_done, run_cells
+from memsweep.preemption import PreemptionFlag
+from memsweep.record import RESULT_FILE, clean_temp_files, write_json_atomic
+from memsweep.pack.checkpoint import clean_pack_partials, newest_cell_checkpoint
+from memsweep.pack.grouping import pack_key
+
+Member = tuple[str, CellConfig, CellClaim]
+
+
+def _packable(cell_dir: str) -> tuple[CellConfig, tuple] | None:
+    """The cell's config and pack key, or None to run it unpacked (run_cell_dir reports a bad config)."""
+    try:
+        cfg = load_cell_config(Path(cell_dir) / CONFIG_FILE)
+    except Exception:
+        return None
+    key = pack_key(cfg)
+    return None if key is None or checkpoints(Path(cell_dir)) else (cfg, key)
+
+
+def _claim(cell_dir: str, cfg: CellConfig) -> CellClaim | None:
+    """The cell's claim, or None if another process holds it or finished the cell meanwhile."""
+    claim = CellClaim(Path(cell_dir), cfg.trainer.lease_seconds)
+    if not claim.acquire():
+        return None
+    if _is_done(Path(cell_dir)):
+        claim.release()
+        return None
+    return claim
+
+
+def run_packed_cells(cell_dirs: list[str], size: int) -> dict[str, str]:
+    """Run the cell dirs, packable ones in packs of up to `size`; returns {cell dir: outcome}."""
+    if size < 1:
+        raise ValueError(f"a pack holds at least one cell, got {size}")
+    outcomes: dict[str, str] = {}
+    queue = list(cell_dirs)
+    packable = {d: _packable(d) for d in queue}  # read once: a pack is filled from the rest of the queue
+    with PreemptionFlag() as guard:
+        while queue:
+            if guard.requested:
+                _interrupted(guard.signal_name, guard.wants_requeue, cell_dirs, outcomes)
+            first = queue.pop(0)
+            if _is_done(Path(first)):
+                outcomes[first] = "done"
+                continue
+            if packable[first] is None:
+                try:
+                    outcomes.update(run_cells([first], wait_for_reference=False))
+                except CellsFailed as err:
+                    outcomes[first] = f"failed: {err}"
+                continue
+            members = _fill(first, packable, queue, size)
+            if not members:
+                outcomes[first] = "claimed"
+                continue
+            records = train_members(members)
+            outcomes.update({d: records[d] for d, _, _ in members})
+            stopped = [outcomes[d] for d, _, _ in members if outcomes[d] in ("preempted", "interrupted")]
+            if stopped:
+                _interrupted(guard.signal_name, stopped[0] == "preempted", cell_dirs, outcomes)
+    failed = {d: o for d, o in outcomes.items() if o.startswith("failed")}
+    if failed:
+        raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
+                          + "\n".join(f"  {d}: {e}" for d, e in failed.items()))
+    return outcomes
+
+
+def _fill(first: str, packable: dict[str, tuple[CellConfig, tuple] | None], queue: list[str],
+          size: int) -> list[Member]:
+    """Claim `first`, then the next claimable cells of the same key (removed from the queue)."""
+    cfg, key = packable[first]
+    claim = _claim(first, cfg)
+    if claim is None:
+        return []
+    members = [(first, cfg, claim)]
+    for cell_dir in list(queue):
+        if len(members) == size:
+            break
+        mate = packable[cell_dir]
+        if mate is not None and mate[1] == key and (mate_claim := _claim(cell_dir, mate[0])):
+            members.append((cell_dir, mate[0], mate_claim))
+            queue.remove(cell_dir)
+    return members
+
+
+def train_members(members: list[Member]) -> dict[str, str]:
+    """Prepare and train claimed cells as one pack; every claim is released with its cell's status."""
+    from memsweep.pack.runner import PackRunner  # torch loads in the worker only
+
+    outcomes: dict[str, str] = {}
+    ids = {cfg.cell_id: d for d, cfg, _ in members}
+    with PreemptionFlag() as flag:  # a signal during set-up is kept for the pack's first step
+        try:
+            cells = []
+            for cell_dir, cfg, claim in members:
+                try:
+                    cells.append(_prepare(cell_dir, cfg, claim))
+                except ClaimLost as lost:
+                    print(f"memsweep: {lost}", file=sys.stderr)
+                    outcomes[cell_dir] = "claim-lost"
+                except Exception as err:
+                    traceback.print_exc()
+                    outcomes[cell_dir] = _record_failure(cell_dir, cfg, claim, err)
+            if cells:
+                runner = PackRunner(cells, flag)
+                try:
+                    runner.run()
+                finally:
+                    outcomes.update({ids[i]: o for i, o in runner.outcomes.items()})
+        except Exception as err:
+            traceback.print_exc()
+            for cell_dir, _, _ in members:
+                outcomes.setdefault(cell_dir, f"failed: {type(err).__name__}: {err}")
+        finally:
+            for cell_dir, _, claim in members:
+                claim.release(final_status=outcomes.get(cell_dir, "unknown").split(":")[0])
+    return outcomes
+
+
+def _prepare(cell_dir: str, cfg: CellConfig, claim: CellClaim):
+    """What run_cell does before training: clean up, a `running` record, the resources check,
+    then the data and the cell's newest packed checkpoint (metrics after it dropped)."""
+    from memsweep.cell import truncate_metrics
+    from memsweep.pack.monitor import PackedCell
+    from memsweep.pack.runner import base_record
+    from memsweep.preflight import check_resources
+
+    path = Path(cell_dir)
+    claim.check()
+    clean_temp_files(path)
+    clean_pack_partials(path)
+    write_json_atomic(path / RESULT_FILE, base_record(cfg))
+    check_resources(cfg, path)
+    cell = PackedCell(cfg, path, claim)
+    state = newest_cell_checkpoint(path)
+    truncate_metrics(path, state["step"] if state else None)
+    if state is not None:
+        cell.load_state_dict(state)
+    return cell
+
+
+def _record_failure(cell_dir: str, cfg: CellConfig, claim: CellClaim, err: Exception) -> str:
+    from memsweep.pack.runner import base_record
+
+    error = f"{type(err).__name__}: {err}"
+    try:
+        claim.check()
+        write_json_atomic(Path(cell_dir) / RESULT_FILE, {**base_record(cfg), "status": "failed", "error": error,
+                                                          "traceback": traceback.format_exc()})
+    except ClaimLost:
+        return "claim-lost"
+    return f"failed: {error}"
