@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-true", "bf16-mixed": "bf16-mixed"}
 """memsweep's precision names and the Lightning precision each one selects. `bf16` stores the
@@ -449,7 +450,11 @@ def _hints(cls: type) -> dict[str, Any]:
 def cell_config(cfg: DictConfig | dict) -> CellConfig:
     """Typed, validated cell config from a Hydra/OmegaConf config (extra top-level keys such as
     `hydra` or `experiment` metadata are ignored; unknown keys inside a group are errors)."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except OmegaConfBaseException as err:  # e.g. a preset's ${variants.${variant}.lr} with an unknown variant
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
     known = {k: raw[k] for k in ("model", "data", "trainer", "logger", "seed", "precision") if k in raw}
     typed: CellConfig = _build(CellConfig, known, "")
     if typed.data.vocab_size is None:

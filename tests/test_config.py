@@ -173,3 +173,8 @@ def test_lr_reference_width_scales_the_rate_by_width_and_is_resolved_into_lr(tmp
     # Resolved once: the saved config reloads to the same rate (not scaled a second time).
     save_cell_config(wide, tmp_path / "config.yaml")
     assert load_cell_config(tmp_path / "config.yaml").trainer.lr == wide.trainer.lr
+
+
+def test_an_unknown_preset_selector_is_a_config_error_naming_the_key_not_a_traceback():
+    with pytest.raises(ConfigError, match=r"^trainer.max_steps: Interpolation key 'variants.nope.max_steps' not found"):
+        cell_config(compose_config(["experiment=recipe-study", "variant=nope"]))

@@ -314,7 +314,7 @@ def _uniform_markdown(report: Report) -> list[str]:
         out += ["## Time to capacity (schedule=wsd cells)", "", "Memorized bits after each decay branch and the final "
                 "decay, against the training tokens behind that model (branch steps included):", ""]
         out += fig("time_to_capacity", "time to capacity") + [f"- {line}" for line in s["growth"]] + [""]
-        out += [_md_table(t["time_to_capacity"], ["model", "precision", "n_samples", "seed", "stable_steps",
+        out += [_md_table(t["time_to_capacity"], ["model", "precision", "n_samples", "seed", "overrides", "stable_steps",
                                                   "decay_steps", "tokens", "memorized_bits", "bits_per_param",
                                                   "gain_per_doubling", "final"])]
     out += ["## Double descent", ""] + fig("double_descent", "double descent") + _double_descent_text(t["double_descent"])

@@ -35,7 +35,7 @@ def decayed_points(cells: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
         for e in entries:
             rows.append({"cell_id": cell.cell_id, "model": cell.model, "precision": cell.precision,
                          "n_samples": cell.n_samples, "n_params": cell.n_params, "seed": cell.seed,
-                         "stable_steps": e["step"], "decay_steps": e["decay_steps"],
+                         "overrides": getattr(cell, "overrides", ""), "stable_steps": e["step"], "decay_steps": e["decay_steps"],
                          "tokens": (e["step"] + e["decay_steps"]) * tokens_per_step,
                          "memorized_bits": e["memorized_bits"],
                          "bits_per_param": e["memorized_bits"] / cell.n_params,
@@ -84,6 +84,7 @@ def growth_laws(points: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         ratio = slopes[-1] / slopes[-2] if len(slopes) >= 2 and slopes[-2] > 0 else None
         plateau = y[-1] + slopes[-1] * ratio / (1 - ratio) if ratio is not None and 0 < ratio < 1 else None
         row = {"cell_id": cell_id, "model": cell["model"], "precision": cell["precision"],
+               "overrides": cell.get("overrides", ""),
                "n_samples": int(cell["n_samples"]), "n_params": int(cell["n_params"]), "n_decays": len(p),
                "last_tokens": p["tokens"].iloc[-1], "last_bits_per_param": y[-1] / cell["n_params"],
                "bits_per_doubling_last": last, "bits_per_doubling_fit": float(np.polyfit(x, y, 1)[0]),
@@ -109,8 +110,10 @@ def _table1_bits_per_param(cell: pd.Series) -> float | None:
 def growth_lines(laws: pd.DataFrame) -> list[str]:
     """One sentence per cell: the measured growth, and what it implies, with its assumption."""
     lines = []
-    for law in laws.itertuples(index=False):
-        text = (f"{law.model} {law.precision} N = {law.n_samples:,}: {law.last_bits_per_param:.2f} bits/param after "
+    labels = _distinguishing(laws["overrides"].fillna("").astype(str).tolist()) if len(laws) else []
+    for law, label in zip(laws.itertuples(index=False), labels):
+        text = (f"{law.model} {law.precision} N = {law.n_samples:,}{f' ({label})' if label else ''}: "
+                f"{law.last_bits_per_param:.2f} bits/param after "
                 f"{law.last_tokens:.3g} tokens ({law.n_decays} decays), gaining {law.bits_per_doubling_last:,.0f} bits "
                 f"({law.bits_per_doubling_last / law.n_params:.3f} bits/param) per doubling of tokens at the last "
                 f"decay ({law.bits_per_doubling_fit:,.0f} fitted over all)")
@@ -124,3 +127,10 @@ def growth_lines(laws: pd.DataFrame) -> list[str]:
                      f"shrinking so the curve levels off at {law.plateau_bits_per_param:.2f} bits/param (a projection)")
         lines.append(text + ".")
     return lines
+
+
+def _distinguishing(overrides: list[str]) -> list[str]:
+    """Each cell's sweep overrides less those every cell shares: what sets it apart (a variant)."""
+    tokens = [line.split() for line in overrides]
+    shared = set.intersection(*map(set, tokens)) if tokens else set()
+    return [" ".join(t for t in line if t not in shared) for line in tokens]
