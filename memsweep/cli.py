@@ -1,6 +1,7 @@
 """`memsweep`: plan a sweep, see where it stands, collect its results.
 
     memsweep plan experiment=capacity seed=0,1       # dry run: expand, validate, cost (--write: the plan)
+    memsweep plan experiment=capacity --pack auto --device gpu   # ... and the packs (memsweep.pack) and their cost
     memsweep submit experiment=capacity cluster=slurm resources=gpu-1   # queue SLURM arrays, exit
     memsweep status runs/sweeps/capacity [--json]     # each cell: done, failed, running, stale, corrupt, ...
     memsweep collect runs/sweeps/capacity --out results.parquet
@@ -24,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from memsweep.submit_cli import add_submit_command
+from memsweep.submit_cli import add_pack_options, add_submit_command
 
 ASSUMED_FLOPS_PER_SECOND = 5e13
 """For the plan's hours column: 50 TFLOP/s sustained, roughly an A100 or H100 at modest MFU in
@@ -97,12 +98,25 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"{len(rows)} cells ({done} already done, left untouched) in sweep {plan.name!r}: at most "
           f"{total_flops:.3g} FLOPs, {total_flops / per_hour:.3g} device-hours at an assumed "
           f"{args.flops_per_second:.3g} FLOP/s (upper bound: trainer.max_steps and every wsd decay branch; saturation stops earlier)")
+    packs = _plan_packs(plan, [r[0] for r in rows if r[3] != "done"], args) if args.pack else None
     if args.write:
-        write_plan(plan)
+        write_plan(plan, packs)
         print(f"wrote {plan.sweep_dir / 'sweep.json'} and <cell id>/config.yaml under {plan.sweep_dir}")
     else:
         print("nothing written (a dry run); --write writes the plan, `memsweep run`/`submit` write it themselves")
     return 0
+
+
+def _plan_packs(plan, cells, args: argparse.Namespace) -> list[list[str]]:
+    """Print the packs of the cells to train (memsweep.pack.plan); returns them as lists of cell ids."""
+    from memsweep.pack.cost import device_of
+    from memsweep.pack.plan import pack_lines, plan_packs
+
+    device = args.device or (device_of(cells[0].config) if cells else "cpu")
+    packs = plan_packs(cells, args.pack, device, args.flops_per_second)
+    listing = args.cells if args.cells is not None else len(packs.packs) <= LIST_CELLS_UP_TO
+    print("\n".join(pack_lines(packs, args.pack, list_packs=listing, all_ids=bool(args.cells))))
+    return [[c.cell_id for c in p.cells] for p in packs.packs]
 
 
 def _plan_summary(rows, per_hour: float) -> None:
@@ -131,7 +145,9 @@ def _add_plan(commands) -> None:
     listing.add_argument("--cells", action="store_true", default=None,
                          help=f"list every cell (the default up to {LIST_CELLS_UP_TO} cells)")
     listing.add_argument("--summary", dest="cells", action="store_false", help="one line per model shape")
-    p.add_argument("--write", action="store_true", help="write sweep.json and each cell's config.yaml")
+    add_pack_options(p)
+    p.add_argument("--write", action="store_true", help="write sweep.json (with --pack: its packs) and each "
+                   "cell's config.yaml")
     p.set_defaults(handler=_plan)
 
 

@@ -3,7 +3,8 @@
 Why not Hydra's submitit launcher: it blocks until every job ends (hydra #2479) and knows nothing
 of which cells are done. Here a job gets only cell *directories*; it reads each cell's config.yaml
 and newest checkpoint from disk when it starts, so a requeued job resumes what is on disk, never
-state pickled at submission (fairchem #1055). Cells are packed `cells_per_job` to a job, jobs go
+state pickled at submission (fairchem #1055). Cells go `cells_per_job` to a job (or one pack of
+stacked cells, memsweep.pack, per job), jobs go
 into arrays no larger than the cluster's MaxArraySize (read from `scontrol show config`; the
 limit is on the index, submitit #1624), and the `%N` throttle is shared between the arrays.
 
@@ -241,12 +242,16 @@ def _is_done(cell_dir: Path) -> bool:
 
 def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_dir: Path,
                  max_array_size: int | None = None, array_parallelism: int,
-                 cells_per_job: int = 1) -> list[submitit.Job]:
+                 cells_per_job: int = 1, packs: list[list[Path]] | None = None) -> list[submitit.Job]:
     """Queue every cell that is not done and not already queued; return without waiting.
 
     `log_dir` is the parent of this submission's submitit folder (`<log_dir>/<timestamp>/%j`), new
     for every call: SLURM job ids restart when its state is wiped, and a reused folder would hand
     back stale results. Each cell gets `slurm.json`: job id, array task, time, log paths.
+
+    `packs` (memsweep.pack.plan: every cell dir in one, a pack of one trains unpacked) replaces
+    cells_per_job: one pack per array task, run by memsweep.pack.launch.run_packed_cells, which
+    claims, checkpoints and requeues per cell as run_cells does.
     """
     if cells_per_job < 1:
         raise ValueError(f"cells_per_job must be >= 1, got {cells_per_job}")
@@ -255,6 +260,11 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
     todo = [d for d in todo if not _is_done(d) and not is_queued(d, active)]
     if not todo:
         return []
+    if packs is not None:
+        packs = [[Path(d).resolve() for d in pack] for pack in packs]
+        loose = set(todo) - {d for pack in packs for d in pack}
+        if loose:
+            raise ValueError(f"{len(loose)} cell dirs are in no pack, e.g. {sorted(loose)[0]}")
     limit = max_array_size if max_array_size is not None else read_max_array_size()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
     folder = Path(log_dir).resolve() / stamp / "%j"
@@ -263,7 +273,11 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
     submitted: list[submitit.Job] = []
     first, after = _by_reference(todo)
     for phase in (first, after):
-        groups = [phase[i:i + cells_per_job] for i in range(0, len(phase), cells_per_job)]
+        if packs is None:
+            groups = [phase[i:i + cells_per_job] for i in range(0, len(phase), cells_per_job)]
+        else:
+            members = set(phase)
+            groups = [group for group in ([d for d in pack if d in members] for pack in packs) if group]
         if not groups:
             continue
         waits_for = _array_ids(submitted)  # empty for the first phase
@@ -274,12 +288,22 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
             executor.update_parameters(slurm_array_parallelism=throttle,
                                        slurm_additional_parameters={**extra, **dependency})
             chunk = groups[start:stop]
-            jobs = executor.map_array(run_cells, [[str(d) for d in group] for group in chunk])
+            jobs = executor.map_array(*_job(chunk, packed=packs is not None))
             arrays.append(jobs)
             for job, group in zip(jobs, chunk):
                 _record(job, group, folder.parent)
         submitted += [job for jobs in arrays for job in jobs]
     return submitted
+
+
+def _job(groups: list[list[Path]], packed: bool) -> tuple:
+    """map_array's function and arguments: run_cells over each group, or each group as one pack."""
+    dirs = [[str(d) for d in group] for group in groups]
+    if not packed:
+        return run_cells, dirs
+    from memsweep.pack.launch import run_packed_cells  # torch loads here only for a packed submission
+
+    return run_packed_cells, dirs, [len(group) for group in groups]
 
 
 def _by_reference(cell_dirs: list[Path]) -> tuple[list[Path], list[Path]]:

@@ -1,6 +1,6 @@
 """`memsweep submit`: expand a grid, check everything, queue it on SLURM as job arrays, and exit.
 
-    memsweep submit experiment=capacity cluster=slurm resources=gpu-1 [--cells-per-job 4] [--retry-failed]
+    memsweep submit experiment=capacity cluster=slurm resources=gpu-1 [--cells-per-job 4 | --pack K|auto] [--retry-failed]
 
 Why a command of its own: Hydra's submitit launcher blocks until every job ends and reports
 failures only at the end (hydra #2479, #2284). Here the sweep's state lives on disk (the plan, each
@@ -8,7 +8,10 @@ cell's result.json, claims/ and slurm.json), so this exits once the jobs are que
 `memsweep status` / `memsweep collect` read the sweep dir later. Nothing is queued or written
 unless the whole grid, the cluster preset and the allocation of every cell pass their checks.
 Relaunching skips done cells and cells whose job is still queued; `--retry-failed` also re-runs
-failed and stale ones (a failed result.json is kept as result.failed-<time>.json).
+failed and stale ones (a failed result.json is kept as result.failed-<time>.json). With --pack,
+the cells to queue are grouped into packs (memsweep.pack.plan, as `memsweep plan --pack` shows
+them) and each array task trains one pack; a preempted pack task requeues and resumes each of its
+unfinished cells from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ def _submit(args: argparse.Namespace) -> int:
         check_allocation(plan.cells, launch.executor_params)
         if args.cells_per_job < 1:
             raise ConfigError(f"--cells-per-job: must be >= 1, got {args.cells_per_job}")
+        if args.pack and args.cells_per_job != 1:
+            raise ConfigError("--cells-per-job: a packed job trains one pack; give --pack or --cells-per-job")
         check_sbatch(make_executor(plan.sweep_dir / ".submitit" / "check", launch.executor_params))
         max_array_size = launch.max_array_size or read_max_array_size()
     except (ConfigError, ValueError, RuntimeError) as err:
@@ -136,14 +141,15 @@ def _submit(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     chosen, skipped = select_cells(plan.cells, args.retry_failed, active_jobs())
-    write_plan(plan)
+    packs = _packs([c for c, _ in chosen], args) if args.pack and chosen else None
+    write_plan(plan, None if packs is None else [[d.name for d in p] for p in packs if len(p) > 1])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for cell, state in chosen:
         if state == "failed":
             (cell.cell_dir / "result.json").rename(cell.cell_dir / f"result.failed-{stamp}.json")
     jobs = submit_cells([c.cell_dir for c, _ in chosen], launch.executor_params,
                         log_dir=plan.sweep_dir / ".submitit", max_array_size=max_array_size,
-                        array_parallelism=launch.array_parallelism, cells_per_job=args.cells_per_job)
+                        array_parallelism=launch.array_parallelism, cells_per_job=args.cells_per_job, packs=packs)
     arrays: dict[str, int] = {}
     for job in jobs:
         arrays[job.job_id.split("_")[0]] = arrays.get(job.job_id.split("_")[0], 0) + 1
@@ -156,6 +162,36 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _packs(cells, args: argparse.Namespace) -> list[list[Path]]:
+    """The cells to queue as packs (one per array task), printed as `memsweep plan --pack` prints them."""
+    from memsweep.cli import ASSUMED_FLOPS_PER_SECOND, LIST_CELLS_UP_TO
+    from memsweep.pack.cost import device_of
+    from memsweep.pack.plan import pack_lines, plan_packs
+
+    packs = plan_packs(cells, args.pack, args.device or device_of(cells[0].config), ASSUMED_FLOPS_PER_SECOND)
+    print("\n".join(pack_lines(packs, args.pack, list_packs=len(packs.packs) <= LIST_CELLS_UP_TO, all_ids=False)))
+    return [[c.cell_dir for c in task] for task in packs.tasks]
+
+
+def _pack_value(text: str) -> int | str:
+    """argparse's type for --pack: argparse's refusal names the flag (`argument --pack: ...`)."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'auto', got {text!r}")
+    return int(text)
+
+
+def add_pack_options(p) -> None:
+    """--pack and --device, shared by `memsweep plan` and `memsweep submit`."""
+    p.add_argument("--pack", type=_pack_value, metavar="K|auto",
+                   help="train compatible cells K at a time as one stacked model (memsweep.pack); auto: K per "
+                        "model shape from the cost model (memsweep/pack/cost.py), packing only where it pays")
+    p.add_argument("--device", choices=("cpu", "gpu"),
+                   help="the device the --pack cost model assumes (default: the cells' trainer.accelerator; "
+                        "auto: this machine)")
+
+
 def add_submit_command(commands) -> None:
     """Register `memsweep submit` on cli.py's subparsers."""
     p = commands.add_parser("submit", help="queue a grid on SLURM as job arrays and exit (no waiting)")
@@ -166,6 +202,7 @@ def add_submit_command(commands) -> None:
                    help="run this many cells one after another in each job (small cells; default 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also re-run failed and stale cells (done cells are never touched)")
+    add_pack_options(p)
     p.set_defaults(handler=_submit)
 
 

@@ -188,8 +188,9 @@ def _finished(cell_dir: Path) -> bool:
         return True
 
 
-def write_plan(plan: SweepPlan) -> None:
-    """Write `<cell dir>/config.yaml` for every cell that is not done, then `sweep.json`."""
+def write_plan(plan: SweepPlan, packs: list[list[str]] | None = None) -> None:
+    """Write `<cell dir>/config.yaml` for every cell that is not done, then `sweep.json`; with
+    `packs` (lists of cell ids, memsweep.pack.plan), which cells were planned to train together."""
     for cell in plan.cells:
         if not _finished(cell.cell_dir):
             save_cell_config(cell.config, cell.cell_dir / CONFIG_FILE)
@@ -199,6 +200,7 @@ def write_plan(plan: SweepPlan) -> None:
         "sweep_dir": str(plan.sweep_dir),
         "overrides": list(plan.overrides),
         "cells": [{"cell_id": c.cell_id, "overrides": list(c.overrides), "after": reference_of(c)} for c in plan.cells],
+        **({"packs": packs} if packs is not None else {}),
     })
 
 

@@ -148,15 +148,18 @@ def test_smoke_grid_is_small_enough_for_ci():
 
 def test_capacity_grid_spans_every_models_capacity():
     cells = preset_plan("capacity").cells
-    assert len(cells) == 4 * 5 * 15 * 2 * 5
+    assert len(cells) == 4 * 5 * 10 * 2 * 5
     shapes = {(c.config.model.n_layer, c.config.model.d_model) for c in cells}
     assert shapes == {(L, d) for L in (1, 2, 4, 8) for d in (32, 64, 128, 256, 512)}
     assert {c.config.precision for c in cells} == {"fp32", "bf16"} and {c.config.seed for c in cells} == set(range(5))
-    sizes = sorted({c.config.data.n_samples for c in cells})
-    for L, d in shapes:
+    for L, d in shapes:  # every model's own N*/8 ... 8 N*, sqrt(2)-spaced from N*/2 to 4 N*
         capacity = ladder.BITS_PER_PARAM * paper_param_count(2048, 64, L, d) / ladder.BITS_PER_SEQUENCE
-        assert sum(n < capacity for n in sizes) >= 3 and sum(n > capacity for n in sizes) >= 3, (L, d)
-    assert all(math.log2(b / a) == 1 for a, b in zip(sizes, sizes[1:]))  # log-spaced
+        sizes = sorted({c.config.data.n_samples for c in cells
+                        if (c.config.model.n_layer, c.config.model.d_model) == (L, d)})
+        assert len(sizes) == 10 and sum(n < capacity for n in sizes) >= 4 and sum(n > capacity for n in sizes) >= 5
+        assert sizes[0] == pytest.approx(capacity / 8, rel=0.01) and sizes[-1] == pytest.approx(8 * capacity, rel=0.01)
+        middle = sizes[2:9]  # N*/2 ... 4 N*
+        assert all(math.log2(b / a) == pytest.approx(0.5, abs=0.02) for a, b in zip(middle, middle[1:])), (L, d)
 
 
 def test_ladder_files_are_the_generators_and_state_exact_counts():

@@ -26,7 +26,7 @@ from memsweep.analysis.membership import GPT2_SIZES, PAPER_LAW, TARGET_F1, LawFi
 from memsweep.analysis.text import TEXT_CHARS, build_text_part, split_by_kind
 from memsweep.analysis.paper import (PAPER_INCONSISTENCIES, TABLE1_MEAN_ALPHA, appendix_a1_comparison, grid_facts,
                                      table1_comparison, verdict_lines)
-from memsweep.analysis.throughput import throughput_summary, throughput_table
+from memsweep.analysis.throughput import pack_throughput, throughput_summary, throughput_table
 from memsweep.analysis.time_to_capacity import decayed_points, growth_laws, growth_lines, stable_curves
 from memsweep.cell import PER_SAMPLE_FILE
 
@@ -160,6 +160,7 @@ def _uniform_part(report: Report, cells: pd.DataFrame, n_boot: int, peak_flops: 
     report.tables["appendix_a1_comparison"] = appendix_a1_comparison(cells)
     throughput = throughput_table(cells, peak_flops)
     report.tables["throughput"], report.tables["throughput_summary"] = throughput, throughput_summary(throughput)
+    report.tables["throughput_packs"] = pack_throughput(throughput)
 
     decays = decayed_points(cells, report.sweep_dir)
     if len(decays):
@@ -320,6 +321,9 @@ def _uniform_markdown(report: Report) -> list[str]:
     out += ["## Double descent", ""] + fig("double_descent", "double descent") + _double_descent_text(t["double_descent"])
     out += ["## Membership inference", ""] + fig("membership", "membership inference") + _membership_text(report)
     out += ["## Throughput", ""] + fig("throughput", "throughput") + [_md_table(t["throughput_summary"])]
+    if len(t["throughput_packs"]):
+        out += ["Per pack (memsweep.pack: the pack's tokens/s and MFU, and the median of its cells' own):", "",
+                _md_table(t["throughput_packs"])]
     return out
 
 

@@ -12,6 +12,8 @@ training mid-run), bf16-mixed (autocast) and multi-device or DeepSpeed cells.
 
 from __future__ import annotations
 
+import hashlib
+
 from memsweep.config import CellConfig
 
 
@@ -23,3 +25,8 @@ def pack_key(cfg: CellConfig) -> tuple | None:
         return None
     return (m.n_layer, m.d_model, m.n_head, m.attention, d.vocab_size, d.seq_len, cfg.precision,
             t.bf16_optimizer, t.batch_size, t.beta1, t.beta2, t.eval_batch_size, t.accelerator)
+
+
+def pack_id(cell_ids: list[str]) -> str:
+    """A pack's name, from its cells alone: the planner (memsweep.pack.plan) and the runner agree on it."""
+    return hashlib.sha256(",".join(sorted(cell_ids)).encode()).hexdigest()[:12]

@@ -12,7 +12,6 @@ all, resumable.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 import traceback
@@ -30,6 +29,7 @@ from memsweep.console import cell_summary
 from memsweep.data.source import row_repeats
 from memsweep.pack.checkpoint import save_cell_checkpoint
 from memsweep.pack.evaluate import per_cell_nll_bits
+from memsweep.pack.grouping import pack_id
 from memsweep.pack.monitor import PackedCell
 from memsweep.pack.stack import StackedState
 from memsweep.preemption import PreemptionFlag
@@ -38,10 +38,6 @@ from memsweep.runtime import keep_large_allocations_in_heap
 
 DEFAULT_IMPL = "batched"
 """The forward of a pack of two or more (memsweep.pack.model.make_forward; memsweep.pack.stack)."""
-
-
-def pack_id(cell_ids: list[str]) -> str:
-    return hashlib.sha256(",".join(sorted(cell_ids)).encode()).hexdigest()[:12]
 
 
 def base_record(cfg: CellConfig) -> dict[str, Any]:
