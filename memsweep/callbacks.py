@@ -33,7 +33,8 @@ from memsweep.console import duration, emit, line_seconds, on_terminal
 from memsweep.evaluation import float32_copy, sharded_nll_bits, uniform_memorization
 from memsweep.model import paper_param_count
 from memsweep.preemption import PreemptionFlag
-from memsweep.saturation import DoublingRule, Plateau, decay_steps, final_decay_start, probe_steps
+from memsweep.saturation import (DoublingRule, Plateau, SaturationOutcome, decay_steps, final_decay_start,
+                                 probe_steps)
 from memsweep.schedule import linear_decay
 
 
@@ -115,7 +116,7 @@ class StepTimer(L.Callback):
         self.train_seconds, self.earlier_wall_seconds = state["train_seconds"], state["wall_seconds"]
 
 
-class MemorizationMonitor(L.Callback):
+class MemorizationMonitor(SaturationOutcome, L.Callback):
     """Measures memorization over whole token sets and decides when the cell has saturated.
 
     Under trainer.schedule=wsd it runs the `doubling` rule's decay branches (memsweep/saturation.py)
@@ -281,23 +282,6 @@ class MemorizationMonitor(L.Callback):
         finished = step >= trainer.max_steps or (self.stop_step is not None and step >= self.stop_step)
         if finished and self.last_eval_step != step:  # not after a preemption: the resumed run goes on
             self._record(trainer, pl_module)
-
-    @property
-    def saturation_rule(self) -> str:
-        return "doubling" if self.wsd else "plateau"
-
-    @property
-    def growth_per_doubling(self) -> list[dict] | None:
-        """The decayed measurements (T_k, decay steps, M_k, g_k) of the doubling rule; None for plateau."""
-        return self.doubling.state_dict() if self.wsd else None
-
-    @property
-    def stop_reason(self) -> str:
-        if self.wsd and self.saturated_at_step is not None:
-            return self.doubling.reason(self.doubling.probes[-1])
-        if self.stop_step is not None and self.last_eval_step >= self.stop_step:
-            return "saturated"
-        return "max_steps"
 
     def state_dict(self) -> dict:
         return {"history": self.plateau.history, "stop_step": self.stop_step,

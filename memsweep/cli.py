@@ -340,7 +340,7 @@ def _add_run(commands) -> None:
     p.add_argument("--workers", type=int, help="cells trained at once, each in its own process "
                    "(default: one per GPU, or one per CPU core without GPUs)")
     p.add_argument("--pack", type=int, metavar="K", help="each worker trains up to K compatible cells at once as "
-                   "one stacked model (memsweep.pack; text and wsd cells run unpacked); default: no packing")
+                   "one stacked model (memsweep.pack; text and bf16-mixed cells run unpacked); default: no packing")
     p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
     p.add_argument("--verbose", action="store_true", help="keep Lightning's banners, tips and warnings")
     _report_options(p)

@@ -112,3 +112,32 @@ class Plateau:
         best_before = max(self.history[:-window])
         best_recent = max(self.history[-window:])
         return best_recent - best_before < self.cfg.tolerance * max(best_before, MIN_BITS)
+
+
+class SaturationOutcome:
+    """What a cell's record says of its stopping rule, shared by the Lightning monitor
+    (memsweep.callbacks) and a packed cell (memsweep.pack.monitor), which both set `wsd`,
+    `doubling`, `saturated_at_step`, `stop_step` and `last_eval_step`."""
+
+    wsd: bool
+    doubling: DoublingRule
+    saturated_at_step: int | None
+    stop_step: int | None
+    last_eval_step: int
+
+    @property
+    def saturation_rule(self) -> str:
+        return "doubling" if self.wsd else "plateau"
+
+    @property
+    def growth_per_doubling(self) -> list[dict] | None:
+        """The decayed measurements (T_k, decay steps, M_k, g_k) of the doubling rule; None for plateau."""
+        return self.doubling.state_dict() if self.wsd else None
+
+    @property
+    def stop_reason(self) -> str:
+        if self.wsd and self.saturated_at_step is not None:
+            return self.doubling.reason(self.doubling.probes[-1])
+        if self.stop_step is not None and self.last_eval_step >= self.stop_step:
+            return "saturated"
+        return "max_steps"

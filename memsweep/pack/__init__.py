@@ -14,6 +14,7 @@ Sweep integration (`memsweep run --pack K`): `grouping.pack_key` (which cells ma
 `launch.run_packed_cells` (a worker claims and packs cells), `runner.PackRunner` (the training
 loop, per-cell records), `monitor.PackedCell` (one cell's evaluation, saturation and timers),
 `stack.StackedState` (the stacked state, rebuilt as cells leave), `checkpoint` (per-cell files).
+A schedule=wsd cell runs its decay branches in its own slot (`monitor.Branch`), so it packs too.
 """
 
 from memsweep.pack.batched import BatchedForward

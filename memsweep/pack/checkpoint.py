@@ -1,9 +1,10 @@
 """A packed cell's checkpoints: its own slice of the pack's state, in its own cell dir.
 
 Why one file per cell rather than one per pack: each cell's state (weights, AdamW moments and
-step, rounding stream, schedule, saturation history, timers) is independent of its pack-mates,
-so a cell resumes from its own step in any pack, of any size or composition, and each file is
-fenced by that cell's own claim. The pack checkpoints all its cells at the same moments.
+step, rounding stream, schedule, saturation history, timers; for a wsd cell in a decay branch,
+the branch's progress and slice beside the stable state at its start) is independent of its
+pack-mates, so a cell resumes from its own step in any pack, of any size or composition, and
+each file is fenced by that cell's own claim. The pack checkpoints all its cells at the same moments.
 
 They live in `<cell>/pack-checkpoints/`, apart from the Lightning checkpoints of an unpacked run
 (`checkpoints/`), which they do not resemble: an unpacked run never mistakes one for a corrupt

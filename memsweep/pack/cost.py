@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from memsweep.config import CellConfig
 from memsweep.model import paper_param_count, training_flops_per_token
+from memsweep.saturation import decay_steps, probe_steps
 
 PAYS_ABOVE = 1.1
 """`auto` packs only where the modelled speedup exceeds this (a margin for the measurements' noise)."""
@@ -167,13 +168,24 @@ def auto_size(device: str, cfg: CellConfig, n_cells: int, flops_per_second: floa
     return best, f"{gain:.2f}x at K {best} ({where}; K at most {cap}: {bound})"
 
 
+def training_steps(cfg: CellConfig) -> int:
+    """The optimizer steps of a cell that runs to max_steps: its stable steps and, under wsd, every
+    decay branch's (a branch takes pack steps of its cell's own slot, memsweep.pack.monitor.Branch)."""
+    t = cfg.trainer
+    if t.schedule != "wsd":
+        return t.max_steps
+    s = t.saturation
+    branches = probe_steps(s.min_steps, t.max_steps, s.cooldown)
+    return t.max_steps + sum(decay_steps(step, s.cooldown) for step in branches)
+
+
 def pack_seconds(device: str, cells: list[tuple[CellConfig, float]], flops_per_second: float) -> tuple[float, float]:
     """(seconds unpacked, seconds as one pack) of (config, estimated FLOPs) cells of one pack key.
     GPU: FLOPs at the rate plus GPU_STEP_OVERHEAD_S a step, once per pack step when packed. CPU: FLOPs
     at the rate, divided by the measured speedup when packed."""
     compute = sum(flops for _, flops in cells) / flops_per_second
     if device == "gpu":
-        unpacked = compute + GPU_STEP_OVERHEAD_S * sum(cfg.trainer.max_steps for cfg, _ in cells)
-        packed = compute + GPU_STEP_OVERHEAD_S * max(cfg.trainer.max_steps for cfg, _ in cells)
+        unpacked = compute + GPU_STEP_OVERHEAD_S * sum(training_steps(cfg) for cfg, _ in cells)
+        packed = compute + GPU_STEP_OVERHEAD_S * max(training_steps(cfg) for cfg, _ in cells)
         return unpacked, packed
     return compute, compute / speedup(device, cells[0][0], len(cells), flops_per_second)

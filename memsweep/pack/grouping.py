@@ -5,9 +5,13 @@ shapes a tensor or an op of the whole pack (model shape, V, S, batch size, preci
 optimizer, AdamW's betas, the evaluation batch, the device). Everything else is per cell: lr,
 warmup, schedule, weight decay, clip, seeds, N, max_steps, eval_interval, saturation settings.
 
-Not packed in this first version (they run unpacked, as before): text cells (a tokenizer, a
-reference cell and text measures per cell), schedule=wsd (its decay branches fork a cell's
-training mid-run), bf16-mixed (autocast) and multi-device or DeepSpeed cells.
+The schedule is per cell too: schedule=wsd cells pack with each other and with constant or
+cosine cells. A wsd cell runs its decay branches in its own slot of the pack while its
+pack-mates train on (memsweep.pack.monitor.Branch), and stops, checkpoints and records as its
+unpacked run does (the doubling rule's growth_per_doubling, saturated_at_step, branch_steps).
+
+Not packed in this version (they run unpacked, as before): text cells (a tokenizer, a reference
+cell and text measures per cell), bf16-mixed (autocast) and multi-device or DeepSpeed cells.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from memsweep.config import CellConfig
 def pack_key(cfg: CellConfig) -> tuple | None:
     """What cells of one pack share; None for a cell that trains unpacked."""
     m, d, t = cfg.model, cfg.data, cfg.trainer
-    if (d.kind != "uniform" or t.schedule == "wsd" or cfg.precision not in ("fp32", "bf16")
+    if (d.kind != "uniform" or cfg.precision not in ("fp32", "bf16")
             or t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single")):
         return None
     return (m.n_layer, m.d_model, m.n_head, m.attention, d.vocab_size, d.seq_len, cfg.precision,

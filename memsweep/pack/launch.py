@@ -5,7 +5,7 @@ Same contract as memsweep.launcher.run_cells (outcomes per cell dir, CellsFailed
 SystemExit after a signal), so memsweep.local_run uses either. Cells are taken in plan order:
 the first claimable cell opens a pack and the next claimable cells of its pack key
 (memsweep.pack.grouping) fill it, so concurrent workers share the cells out through their claims
-alone. A cell that packs not (text, wsd, ...) or that has Lightning checkpoints of an unpacked
+alone. A cell that packs not (text, bf16-mixed, ...) or that has Lightning checkpoints of an unpacked
 run (resumed as it was started) runs unpacked, through run_cells.
 """
 

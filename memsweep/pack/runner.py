@@ -8,6 +8,14 @@ non-finite loss: its own failed record; the others train on) or lost its claim. 
 is taken out of the stacked tensors (the pack is rebuilt from the cells' slices), so it costs
 nothing from then on. A preemption signal checkpoints every cell still training and stops them
 all, resumable.
+
+A schedule=wsd cell runs its decay branches in its own slot (memsweep.pack.monitor.Branch):
+at a probe step, after its evaluation, the slot's state is copied and the slot trains the
+branch; the boundary where the branch ends is the rest of that stable step's boundary (its
+branch row and the doubling rule's decision, then, if not kept, the copy back into the slot and
+the step's checkpoint), as MemorizationMonitor._probe runs inside Lightning's step boundary.
+A stop request during a branch checkpoints the branch as it is (with the stable state at its
+start), and the resumed cell trains the rest of it: the same records as without the stop.
 """
 
 from __future__ import annotations
@@ -98,13 +106,14 @@ class PackRunner:
 
     def _train_one_step(self) -> None:
         batch = torch.stack([c.next_batch() for c in self.active]).to(self.device)
+        lrs = [c.train_lr() for c in self.active]
         started = time.perf_counter()
-        self.state.train_step(batch)
+        self.state.train_step(batch, lrs if any(lr is not None for lr in lrs) else None)
         elapsed = time.perf_counter() - started
         self.train_seconds += elapsed
         self.tokens += batch.numel()
         for c in self.active:
-            c.step += 1
+            c.advance()
             c.train_seconds += elapsed
 
     def _after_step(self) -> None:
@@ -113,13 +122,21 @@ class PackRunner:
         leaving = [c for c in self.active if c.claim.lost]
         for c in leaving:
             self._lost(c, ClaimLost(f"{c.dir}: the claim was taken over by another process at step {c.step}"))
+        ended, restored = self._end_branches([c for c in self.active if c.branch is not None and c.branch.ended
+                                              and c not in leaving])
+        leaving += ended
         leaving += self._evaluate([c for c in self.active if c.eval_due() and c not in leaving], saturation=True)
+        self._start_branches([c for c in self.active if c.probe_due() and c not in leaving])
         leaving += self._finish([c for c in self.active if c.finished() and c not in leaving])
         stop = self.flag.requested
         minutes = [c.cfg.trainer.checkpoint_every_minutes for c in self.active if c.cfg.trainer.checkpoint_every_minutes]
         timely = bool(minutes) and time.monotonic() - self._last_save >= 60 * min(minutes)
-        due = [c for c in self.active if c not in leaving and (stop or timely or c.claim.must_stop or (
-            c.cfg.trainer.checkpoint_interval and c.step % c.cfg.trainer.checkpoint_interval == 0))]
+
+        def interval_due(c: PackedCell) -> bool:  # at a boundary of its own stable step (a branch's end is T_k's)
+            every = c.cfg.trainer.checkpoint_interval
+            return bool(every) and c.branch is None and (c.stepped or c in restored) and c.step % every == 0
+
+        due = [c for c in self.active if c not in leaving and (stop or timely or c.claim.must_stop or interval_due(c))]
         leaving += self._checkpoint(due, stop)
         if timely:
             self._last_save = time.monotonic()
@@ -140,13 +157,61 @@ class PackRunner:
         steps = self.state.train_step.first_nonfinite_steps()
         return [steps[self.active.index(c)] for c in cells]
 
+    @staticmethod
+    def _nonfinite(c: PackedCell, slot_step: int | None) -> NonFiniteError | None:
+        """The error a checkpoint of the cell raises as the unpacked Checkpointer would, or None: the
+        stable run's non-finite loss (check_training_loss), and in a branch (whose losses the slot's
+        tracker holds, the stable run's kept in its copy) the branch's, which the unpacked cell,
+        having abandoned the branch, meets when it replays it (_train_branch)."""
+        stable_step = slot_step if c.branch is None else c.branch.stable["first_nonfinite"]
+        if stable_step is not None:
+            return NonFiniteError(f"non-finite training loss at step {stable_step} (on rank 0)")
+        if c.branch is not None and slot_step is not None:
+            return NonFiniteError(f"non-finite training loss in the decay branch from step {c.branch.start}")
+        return None
+
+    # --- decay branches (schedule=wsd) ----------------------------------------------------------
+    def _start_branches(self, cells: list[PackedCell]) -> None:
+        """MemorizationMonitor._probe's copy of the stable state; the slot then trains the branch,
+        its non-finite tracker counting the branch's losses only."""
+        if not cells:
+            return
+        nonfinite = self.state.train_step.first_nonfinite_steps()
+        for c in cells:
+            k = self.active.index(c)
+            c.start_branch({**self.state.cell_state(k), "first_nonfinite": nonfinite[k]})
+            self.state.set_first_nonfinite(k, None)
+
+    def _end_branches(self, cells: list[PackedCell]) -> tuple[list[PackedCell], list[PackedCell]]:
+        """The end of each branch: a non-finite branch fails its cell; else its row and decision
+        (the stable tracker back first, so the evaluation checks the stable run as _record does).
+        Returns (cells that failed, cells whose branch was not kept: the stable state is back in
+        their slot); a kept branch leaves its cell finished."""
+        if not cells:
+            return [], []
+        failed, evaluated = [], []
+        for c, bad in zip(cells, self._check_loss(cells)):
+            if bad is not None:  # _train_branch raises before _record checks the stable run
+                error = f"non-finite training loss in the decay branch from step {c.branch.start}"
+                self._fail(c, NonFiniteError(error))
+                failed.append(c)
+            else:
+                self.state.set_first_nonfinite(self.active.index(c), c.branch.stable["first_nonfinite"])
+                evaluated.append(c)
+        failed += self._evaluate(evaluated, saturation=False, branch=True)
+        restored = [c for c in evaluated if c not in failed and c.branch is not None]
+        for c in restored:
+            self.state.load_slice(self.active.index(c), c.drop_branch())
+        return failed, restored
+
     def _nll(self, cells: list[PackedCell], sets: list[np.ndarray], dtype: torch.dtype) -> list[np.ndarray]:
         index = torch.tensor([self.active.index(c) for c in cells], device=self.device)
         params = {n: p.detach().index_select(0, index).to(dtype) for n, p in self.state.model.params.items()}
         return per_cell_nll_bits(self.state.forward, params, sets, cells[0].cfg.trainer.eval_batch_size)
 
-    def _evaluate(self, cells: list[PackedCell], saturation: bool) -> list[PackedCell]:
-        """Each cell's metrics row at its step (MemorizationMonitor._record); returns the cells that ended."""
+    def _evaluate(self, cells: list[PackedCell], saturation: bool, branch: bool = False) -> list[PackedCell]:
+        """Each cell's metrics row at its step (MemorizationMonitor._record), or at the end of its
+        branch (`branch`: the row and the doubling rule's decision); returns the cells that ended."""
         if not cells:
             return []
         train = self._nll(cells, [c.train_tokens for c in cells], self.dtype)
@@ -158,7 +223,10 @@ class PackRunner:
             def record(c=c, bad=bad, nll=nll):
                 if bad is not None:
                     raise NonFiniteError(f"non-finite training loss at step {bad} (on rank 0)")
-                c.record_row({"train": nll[0], "heldout": nll[1]}, nll[2], saturation)
+                if branch:
+                    c.end_branch({"train": nll[0], "heldout": nll[1]}, nll[2])
+                else:
+                    c.record_row({"train": nll[0], "heldout": nll[1]}, nll[2], saturation)
             if not self._guarded(c, record):
                 ended.append(c)
         return ended
@@ -180,8 +248,9 @@ class PackRunner:
             c.cfg, c.last, attention=self.gpt.attention, param_dtype=self.dtype,
             optimizer_state_dtype=str(exp_avg.dtype).removeprefix("torch.") if c.step else None,
             tokens_per_sec=c.tokens_seen / c.train_seconds if c.train_seconds else None,
-            stop_reason=c.stop_reason, saturated_at_step=c.saturated_at_step, saturation_rule="plateau",
-            growth_per_doubling=None, branch_steps=0, device=self.device, world_size=1, strategy="PackedTrainStep"),
+            stop_reason=c.stop_reason, saturated_at_step=c.saturated_at_step, saturation_rule=c.saturation_rule,
+            growth_per_doubling=c.growth_per_doubling, branch_steps=c.branch_steps, device=self.device, world_size=1,
+            strategy="PackedTrainStep"),
             "pack": self._pack_fields(c)}
         repeats = {"repeat_count": row_repeats(d)} if d.repeat_counts is not None else {}
         c.claim.check()
@@ -194,9 +263,9 @@ class PackRunner:
         ended = []
         for c, bad in zip(cells, self._check_loss(cells)):
             def save(c=c, bad=bad):
-                if bad is not None:
-                    raise NonFiniteError(f"non-finite training loss at step {bad} (on rank 0)")
-                state = {"step": c.step, **self.state.cell_state(self.active.index(c)), **c.state_dict()}
+                if (error := self._nonfinite(c, bad)) is not None:
+                    raise error
+                state = c.checkpoint_state(self.state.cell_state(self.active.index(c)))
                 save_cell_checkpoint(c.dir, state, c.cfg.trainer.keep_checkpoints, c.claim.check)
                 if stop or c.claim.must_stop:
                     self._write_stopped(c)

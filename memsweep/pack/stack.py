@@ -52,6 +52,18 @@ class StackedState:
         if opt.generators is not None:
             opt.generators[k].set_state(state["generator"])
 
+    @torch.no_grad()
+    def load_slice(self, k: int, state: dict[str, Any]) -> None:
+        """Put a cell's slice (cell_state's `model` and `optimizer`, and its `first_nonfinite`
+        step) back into slot k, exactly: what a decay branch that is not kept gives back."""
+        for name, p in self.model.params.items():
+            p[k].copy_(state["model"][name])
+        self._load_optimizer(k, state["optimizer"])
+        self.set_first_nonfinite(k, state["first_nonfinite"])
+
+    def set_first_nonfinite(self, k: int, step: int | None) -> None:
+        self.train_step.first_nonfinite[k] = -1 if step is None else step
+
     def cell_state(self, k: int) -> dict[str, Any]:
         """Cell k's slice (on the CPU): `model` (its GPT's weights) and `optimizer` (its AdamW)."""
         opt = self.optimizer

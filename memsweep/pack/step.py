@@ -44,8 +44,9 @@ class PackedTrainStep:
         self.base_lrs, self.schedules, self.max_norms = list(base_lrs), list(schedules), list(max_norms)
         self.first_nonfinite = torch.full((pack.n_cells,), -1, dtype=torch.long, device=pack.device)
 
-    def __call__(self, tokens: Tensor) -> Tensor:
-        """Each cell's training loss of this step, (K,), detached."""
+    def __call__(self, tokens: Tensor, lrs: Sequence[float | None] | None = None) -> Tensor:
+        """Each cell's training loss of this step, (K,), detached. `lrs[k]`, where given and not
+        None, is cell k's rate for this step instead of its schedule's (a decay branch's)."""
         params = self.pack.params
         for p in params.values():
             p.grad = None
@@ -54,7 +55,10 @@ class PackedTrainStep:
         self._note_nonfinite(losses.detach())
         clip_grad_norms_([params[name].grad for name in self.optimizer.order], self.max_norms)
         steps = self.optimizer.steps
-        self.optimizer.step([lr * schedule(step) for lr, schedule, step in zip(self.base_lrs, self.schedules, steps)])
+        rates = [lr * schedule(step) for lr, schedule, step in zip(self.base_lrs, self.schedules, steps)]
+        if lrs is not None:
+            rates = [rate if lr is None else lr for rate, lr in zip(rates, lrs, strict=True)]
+        self.optimizer.step(rates)
         return losses.detach()
 
     def _note_nonfinite(self, losses: Tensor) -> None:
