@@ -33,6 +33,7 @@ from memsweep.console import duration, emit, line_seconds, on_terminal
 from memsweep.evaluation import float32_copy, sharded_nll_bits, uniform_memorization
 from memsweep.model import paper_param_count
 from memsweep.preemption import PreemptionFlag
+from memsweep.loggers import log_eval_row
 from memsweep.saturation import (DoublingRule, Plateau, SaturationOutcome, decay_steps, final_decay_start,
                                  probe_steps)
 from memsweep.schedule import linear_decay
@@ -178,9 +179,8 @@ class MemorizationMonitor(SaturationOutcome, L.Callback):
         if trainer.is_global_zero:
             self.fence()
             append_metrics_row(self.metrics_path, row)
-        prefix = "decay" if branch_steps else "eval"
         for logger in trainer.loggers:
-            logger.log_metrics({f"{prefix}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+            log_eval_row(logger, row, branch=bool(branch_steps))
         return row
 
     def on_train_start(self, trainer, pl_module) -> None:

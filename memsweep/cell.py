@@ -26,7 +26,7 @@ from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import quiet_lightning
 from memsweep.data.batches import ShuffledBatches, TokenRows, epoch_rows
 from memsweep.data.source import CellTokens, cell_tokens, row_repeats
-from memsweep.loggers import build_logger, close_logger
+from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger
 from memsweep.model import GPTConfig, paper_param_count, pick_attention
 from memsweep.module import MemorizationModule
 from memsweep.optim import optimizer_state_dtype
@@ -203,7 +203,7 @@ def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: l
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,  # evaluation is the monitor's, over whole token sets
-        log_every_n_steps=50,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
         use_distributed_sampler=False,  # ShuffledBatches gives each rank its slice of the global batch
         default_root_dir=str(run_dir),
     )

@@ -25,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from memsweep.submit_cli import add_pack_options, add_submit_command
+from memsweep.submit_cli import _pack_value, add_pack_options, add_submit_command
 
 ASSUMED_FLOPS_PER_SECOND = 5e13
 """For the plan's hours column: 50 TFLOP/s sustained, roughly an A100 or H100 at modest MFU in
@@ -298,9 +298,13 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"config error: {err}\nnothing was written")
     if args.workers is not None and args.workers < 1:
         return _error(f"--workers must be at least 1, got {args.workers}")
-    if args.pack is not None and args.pack < 1:
-        return _error(f"--pack must be at least 1, got {args.pack}")
-    write_plan(plan)
+    pack = args.pack
+    if pack == "auto":
+        packs = _run_auto_packs(plan, args.device)
+        pack = "auto" if packs else None  # the workers train sweep.json's packs, the other cells unpacked
+        write_plan(plan, packs)
+    else:
+        write_plan(plan)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # the workers keep Lightning's own messages
     before = counts([cell_state(cell.cell_dir) for cell in plan.cells])
@@ -313,8 +317,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         workers = args.workers or default_workers()
         print(f"{len(plan.cells)} cells in {plan.sweep_dir}: {before['done']} already done, {to_train} to train"
-              f"{corrupt}, {workers} workers" + (f", in packs of up to {args.pack}" if args.pack else ""))
-        stopped_by = run_workers(plan.sweep_dir, workers, args.pack)
+              f"{corrupt}, {workers} workers" + (", in the packs above" if pack == "auto" else
+                                                  f", in packs of up to {pack}" if pack else ""))
+        stopped_by = run_workers(plan.sweep_dir, workers, pack)
     totals = counts(sweep_states(plan.sweep_dir))
     left = sum(totals[s] for s in ("pending", "stale", "interrupted", "preempted", "running"))
     if stopped_by is not None:
@@ -333,14 +338,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_auto_packs(plan, device: str | None) -> list[list[str]]:
+    """`run --pack auto`: the packs of the cells to train by the cost model (memsweep.pack.plan, as
+    `plan --pack auto` prints them), printed; their cell ids, or [] where packing pays for none."""
+    from memsweep.pack.cost import device_of
+    from memsweep.pack.plan import AUTO, pack_lines, plan_packs
+    from memsweep.sweepstate import cell_state
+
+    cells = [c for c in plan.cells if cell_state(c.cell_dir).state not in ("done", "corrupt")]
+    if not cells:
+        return []
+    packs = plan_packs(cells, AUTO, device or device_of(cells[0].config), ASSUMED_FLOPS_PER_SECOND)
+    print("\n".join(pack_lines(packs, AUTO, list_packs=len(packs.packs) <= LIST_CELLS_UP_TO, all_ids=False)))
+    if not packs.packs:
+        print(f"--pack auto: packing does not pay for any of the {len(cells)} cells by the cost model: "
+              "training them unpacked")
+    return [[c.cell_id for c in p.cells] for p in packs.packs]
+
+
 def _add_run(commands) -> None:
     p = commands.add_parser("run", help="plan a grid, run its cells on this machine, write the report")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for memsweep-train -m")
     p.add_argument("--sweep-dir", type=Path, help="default: hydra.sweep.dir, i.e. runs/sweeps/<sweep_name>")
     p.add_argument("--workers", type=int, help="cells trained at once, each in its own process "
                    "(default: one per GPU, or one per CPU core without GPUs)")
-    p.add_argument("--pack", type=int, metavar="K", help="each worker trains up to K compatible cells at once as "
-                   "one stacked model (memsweep.pack; text and bf16-mixed cells run unpacked); default: no packing")
+    p.add_argument("--pack", type=_pack_value, metavar="K|auto",
+                   help="each worker trains up to K compatible cells at once as one stacked model (memsweep.pack; "
+                        "text and bf16-mixed cells run unpacked); auto: the packs and K per model shape of the cost "
+                        "model (memsweep/pack/cost.py, as `plan --pack auto`), unpacked where packing does not pay; "
+                        "default: no packing")
+    p.add_argument("--device", choices=("cpu", "gpu"),
+                   help="the device the --pack auto cost model assumes (default: the cells' trainer.accelerator; "
+                        "auto: this machine)")
     p.add_argument("--no-report", action="store_true", help="skip `memsweep report` at the end")
     p.add_argument("--verbose", action="store_true", help="keep Lightning's banners, tips and warnings")
     _report_options(p)

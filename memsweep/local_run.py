@@ -11,7 +11,8 @@ GPU machine worker i sees only GPU i mod (number of GPUs), so K = number of GPUs
 each (untested here: no GPU). While the workers run, `memsweep run` shows the sweep's progress,
 read from the cells' files (memsweep.console). With `--pack K` each worker claims up to K
 compatible cells at a time and trains them as one pack (memsweep.pack.launch), every cell still
-its own claim, checkpoints and record.
+its own claim, checkpoints and record; with `--pack auto` the workers train the packs that the
+cost model chose (memsweep.pack.plan, written to sweep.json by memsweep.cli), the others unpacked.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def plan_cell_dirs(sweep_dir: Path) -> list[str]:
     if plan is None:
         raise FileNotFoundError(f"{sweep_dir} has no sweep.json: plan it first (memsweep plan ...)")
     return [str(Path(sweep_dir).resolve() / cell["cell_id"]) for cell in plan["cells"]]
+
+
+def planned_packs(sweep_dir: Path) -> list[list[str]]:
+    """sweep.json's packs (`run --pack auto`, memsweep.pack.plan) as lists of cell dirs."""
+    root = Path(sweep_dir).resolve()
+    return [[str(root / cell_id) for cell_id in pack] for pack in (read_plan(sweep_dir) or {}).get("packs", [])]
 
 
 def visible_gpus() -> list[str]:
@@ -94,10 +101,10 @@ class _Forwarder:
             signal.signal(sig, handler)
 
 
-def run_workers(sweep_dir: Path, workers: int, pack: int | None = None) -> str | None:
+def run_workers(sweep_dir: Path, workers: int, pack: int | str | None = None) -> str | None:
     """Start the workers and wait for all, showing the sweep's progress; start another round if
     workers were killed and cells are left (at most MAX_ROUNDS). `pack`: cells per pack (None:
-    no packing). Returns the name of the signal that stopped the run, if any."""
+    no packing; `auto`: sweep.json's packs, memsweep.cli's `run --pack auto`). Returns the name of the signal that stopped the run, if any."""
     from memsweep.console import SweepProgress
 
     gpus = visible_gpus()
@@ -125,7 +132,7 @@ def _totals(cell_dirs: list[str]) -> dict[str, int]:
     return counts([cell_state(Path(d)) for d in cell_dirs])
 
 
-def _start_worker(sweep_dir: Path, env: dict[str, str], progress, pack: int | None = None) -> subprocess.Popen:
+def _start_worker(sweep_dir: Path, env: dict[str, str], progress, pack: int | str | None = None) -> subprocess.Popen:
     """A worker process. Under a progress bar its output is relayed above the bar (written
     straight to the terminal it would break the bar); otherwise it goes where ours goes."""
     command = [sys.executable, "-m", "memsweep.local_run", str(sweep_dir), *([str(pack)] if pack else [])]
@@ -153,11 +160,13 @@ def _wait(procs: list[subprocess.Popen], cell_dirs: list[str], progress) -> list
 def main() -> int:
     """A worker (`python -m memsweep.local_run SWEEP_DIR [PACK]`): pass over the plan until no
     cell is left that this worker could claim or that a live worker is training (a worker that
-    was killed leaves its cell to the survivors); with PACK, in packs of up to PACK cells."""
+    was killed leaves its cell to the survivors); with PACK, in packs of up to PACK cells; with
+    `auto`, in sweep.json's packs (the others unpacked)."""
     from memsweep.launcher import CellsFailed, run_cells
 
     cell_dirs = plan_cell_dirs(Path(sys.argv[1]))
-    pack = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    pack = (sys.argv[2] if sys.argv[2] == "auto" else int(sys.argv[2])) if len(sys.argv) > 2 else None
+    planned = planned_packs(Path(sys.argv[1])) if pack == "auto" else None
     failed = False
     claimable = cell_dirs
     while True:
@@ -165,7 +174,7 @@ def main() -> int:
             if pack:
                 from memsweep.pack.launch import run_packed_cells
 
-                run_packed_cells(claimable, pack)
+                run_packed_cells(claimable, 0 if planned is not None else pack, planned)
             else:
                 run_cells(claimable, wait_for_reference=False)  # a cell whose reference runs elsewhere waits its turn
         except CellsFailed as err:

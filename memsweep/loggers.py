@@ -58,13 +58,16 @@ def wandb_mode(requested: str) -> str:
     return "online"
 
 
-def build_logger(cfg: CellConfig, run_dir: Path) -> Logger | bool:
+def build_logger(cfg: CellConfig, run_dir: Path, alongside_others: bool = False) -> Logger | bool:
+    """The cell's logger. `alongside_others`: its W&B run is started now as a run of its own
+    (wandb's reinit="create_new"), so that several cells of one process (a pack) log at once;
+    otherwise WandbLogger starts it on first use, reusing a run already active in the process."""
     if cfg.logger.name == "none":
         return False
     if cfg.logger.name == "csv":
         return CSVLogger(save_dir=str(run_dir), name="logs", version="")
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.logger.group,
@@ -75,18 +78,46 @@ def build_logger(cfg: CellConfig, run_dir: Path) -> Logger | bool:
         resume="allow",
         config=cfg.result_relevant(),
     )
+    if alongside_others:
+        import wandb
+
+        run = wandb.init(**logger._wandb_init, reinit="create_new")  # the same arguments WandbLogger would pass
+        run.define_metric("trainer/global_step")  # WandbLogger.experiment's default x-axis
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        logger._experiment = run
+    return logger
+
+
+def log_eval_row(logger: Logger | bool, row: dict, branch: bool = False) -> None:
+    """A metrics row as MemorizationMonitor._record logs it: `eval/<key>` (`decay/<key>` for a
+    decay branch's row) at the row's step."""
+    if logger:
+        prefix = "decay" if branch else "eval"
+        logger.log_metrics({f"{prefix}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
+LOG_EVERY_N_STEPS = 50
+"""memsweep.cell._trainer's log_every_n_steps: Lightning logs `train/batch_loss` after every 50th step."""
+
+
+def log_batch_loss(logger: Logger | bool, step: int, loss: float) -> None:
+    """What Lightning logs of MemorizationModule.training_step's `train/batch_loss` after optimizer
+    step `step` (1-based): every LOG_EVERY_N_STEPS steps, at step - 1 (its batch index), with the
+    epoch (0: the training stream has no end)."""
+    if logger and step % LOG_EVERY_N_STEPS == 0:
+        logger.log_metrics({"train/batch_loss": float(loss), "epoch": 0}, step=step - 1)
 
 
 def close_logger(logger: Logger | bool, record: dict | None) -> None:
     """Close the W&B run (so the next cell in this process gets its own), first putting the cell's
     final numbers into its summary when there are any (none after a preemption)."""
-    if not isinstance(logger, WandbLogger):
+    if isinstance(logger, Logger):
+        logger.finalize("success")  # as Lightning's fit ends (the CSV logger writes its rows)
+    if not isinstance(logger, WandbLogger) or logger._experiment is None:  # None: its run never started
         return
-    import wandb
-
     if record is not None:
         logger.experiment.summary.update(_scalars(record))
-    wandb.finish()
+    logger.experiment.finish()  # this cell's own run (wandb.run for an unpacked cell), not a pack-mate's
 
 
 def _scalars(record: dict, prefix: str = "") -> dict:

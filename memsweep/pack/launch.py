@@ -48,13 +48,20 @@ def _claim(cell_dir: str, cfg: CellConfig) -> CellClaim | None:
     return claim
 
 
-def run_packed_cells(cell_dirs: list[str], size: int) -> dict[str, str]:
-    """Run the cell dirs, packable ones in packs of up to `size`; returns {cell dir: outcome}."""
-    if size < 1:
+def run_packed_cells(cell_dirs: list[str], size: int, planned: list[list[str]] | None = None) -> dict[str, str]:
+    """Run the cell dirs, packable ones in packs of up to `size`; returns {cell dir: outcome}.
+    `planned` (`run --pack auto`: memsweep.pack.plan's packs, lists of cell dirs) replaces `size`:
+    a cell packs only with the claimable cells of its planned pack, and one in none trains unpacked."""
+    if planned is None and size < 1:
         raise ValueError(f"a pack holds at least one cell, got {size}")
     outcomes: dict[str, str] = {}
     queue = list(cell_dirs)
     packable = {d: _packable(d) for d in queue}  # read once: a pack is filled from the rest of the queue
+    sizes = dict.fromkeys(queue, size)
+    if planned is not None:
+        which = {d: i for i, pack in enumerate(planned) for d in pack}
+        packable = {d: None if p is None or d not in which else (p[0], (p[1], which[d])) for d, p in packable.items()}
+        sizes = {d: len(planned[which[d]]) if d in which else 1 for d in queue}
     with PreemptionFlag() as guard:
         while queue:
             if guard.requested:
@@ -69,7 +76,7 @@ def run_packed_cells(cell_dirs: list[str], size: int) -> dict[str, str]:
                 except CellsFailed as err:
                     outcomes[first] = f"failed: {err}"
                 continue
-            members = _fill(first, packable, queue, size)
+            members = _fill(first, packable, queue, sizes[first])
             if not members:
                 outcomes[first] = "claimed"
                 continue

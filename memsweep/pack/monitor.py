@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from memsweep.callbacks import append_metrics_row, check_finite_row, metrics_row
+from memsweep.loggers import log_eval_row
 from memsweep.cell import METRICS_FILE
 from memsweep.config import CellConfig
 from memsweep.data.batches import ShuffledBatches, TokenRows, epoch_rows
@@ -91,6 +92,8 @@ class PackedCell(SaturationOutcome):
         self._batches: Iterator[torch.Tensor] | None = None
         self._branch_batches: Iterator[torch.Tensor] | None = None
         self._attempt_start = time.perf_counter()
+        self.logger = False
+        """The cell's experiment logger while it is in a pack (memsweep.loggers; False: none)."""
 
     @property
     def metrics_path(self) -> Path:
@@ -192,6 +195,7 @@ class PackedCell(SaturationOutcome):
         self.per_sample_nll_bits, self.last, self.last_eval_step = nll, row, self.step
         self.claim.check()
         append_metrics_row(self.metrics_path, row)
+        log_eval_row(self.logger, row, branch=bool(branch_steps))
         return row
 
     def record_row(self, nll: dict[str, np.ndarray], fp32_train_nll: np.ndarray | None, saturation: bool) -> None:

@@ -35,6 +35,7 @@ from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig
 from memsweep.console import cell_summary
 from memsweep.data.source import row_repeats
+from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger, log_batch_loss
 from memsweep.pack.checkpoint import save_cell_checkpoint
 from memsweep.pack.evaluate import per_cell_nll_bits
 from memsweep.pack.grouping import pack_id
@@ -73,8 +74,34 @@ class PackRunner:
         self.outcomes: dict[str, str] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.train_seconds, self.tokens = 0.0, 0
+        self._losses: torch.Tensor | None = None
         self._last_save = time.monotonic()
-        self._build()
+        for c in list(self.active):  # each cell's logger opens as it joins the pack (run_cell's build_logger)
+            try:
+                self._open_logger(c)
+            except Exception as err:
+                self._fail(c, err)
+                self.active.remove(c)
+        if self.active:
+            self._build()
+
+    def _open_logger(self, c: PackedCell) -> None:
+        """The logger the cell's unpacked run would have (its own W&B run: the same id, name, group
+        and config), its W&B config with the pack it trains in."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        c.logger = build_logger(c.cfg, c.dir, alongside_others=True)
+        if isinstance(c.logger, WandbLogger):
+            fields = {k: v for k, v in self._pack_fields(c).items() if k != "tokens_per_sec"}
+            c.logger.experiment.config.update({"pack": fields}, allow_val_change=True)
+
+    def _close_logger(self, c: PackedCell, record: dict[str, Any] | None) -> None:
+        """The cell left the pack: its logger closes (with the record in its W&B summary when done)."""
+        logger, c.logger = c.logger, False
+        try:
+            close_logger(logger, record)
+        except Exception:  # a logger must not fail a cell whose record is written
+            traceback.print_exc()
 
     def _build(self) -> None:
         self.state = StackedState(self.active, self.gpt, self.dtype, self.device, self.impl)
@@ -108,7 +135,7 @@ class PackRunner:
         batch = torch.stack([c.next_batch() for c in self.active]).to(self.device)
         lrs = [c.train_lr() for c in self.active]
         started = time.perf_counter()
-        self.state.train_step(batch, lrs if any(lr is not None for lr in lrs) else None)
+        self._losses = self.state.train_step(batch, lrs if any(lr is not None for lr in lrs) else None)
         elapsed = time.perf_counter() - started
         self.train_seconds += elapsed
         self.tokens += batch.numel()
@@ -127,6 +154,7 @@ class PackRunner:
         leaving += ended
         leaving += self._evaluate([c for c in self.active if c.eval_due() and c not in leaving], saturation=True)
         self._start_branches([c for c in self.active if c.probe_due() and c not in leaving])
+        self._log_losses([c for c in self.active if c not in leaving])
         leaving += self._finish([c for c in self.active if c.finished() and c not in leaving])
         stop = self.flag.requested
         minutes = [c.cfg.trainer.checkpoint_every_minutes for c in self.active if c.cfg.trainer.checkpoint_every_minutes]
@@ -141,6 +169,12 @@ class PackRunner:
         if timely:
             self._last_save = time.monotonic()
         self._leave(leaving)
+
+    def _log_losses(self, cells: list[PackedCell]) -> None:
+        """Lightning's log of `train/batch_loss` after a cell's stable step (every LOG_EVERY_N_STEPS)."""
+        for c in cells:
+            if c.logger and c.stepped and c.step % LOG_EVERY_N_STEPS == 0 and self._losses is not None:
+                log_batch_loss(c.logger, c.step, self._losses[self.active.index(c)].item())
 
     def _guarded(self, c: PackedCell, action) -> bool:
         """Run one cell's action; a lost claim or a non-finite loss ends that cell only."""
@@ -296,6 +330,7 @@ class PackRunner:
     def _lost(self, c: PackedCell, lost: ClaimLost) -> None:
         print(f"memsweep: {lost}", file=sys.stderr)
         self.outcomes[c.cfg.cell_id] = "claim-lost"
+        self._close_logger(c, None)
 
     def _write(self, c: PackedCell, record: dict[str, Any]) -> None:
         c.claim.check()
@@ -303,6 +338,7 @@ class PackRunner:
         self.records[c.cfg.cell_id] = record
         status = record["status"]
         self.outcomes[c.cfg.cell_id] = f"failed: {record['error']}" if status == "failed" else status
+        self._close_logger(c, record if status == "done" else None)
 
     def _pack_fields(self, c: PackedCell) -> dict[str, Any]:
         """Which pack the cell trained in, and the pack's throughput so far (all its cells' tokens)."""
