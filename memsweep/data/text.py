@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,16 @@ import numpy as np
 
 from memsweep.config import DataConfig
 from memsweep.data.corpora import Corpus, read_documents
-from memsweep.data.locks import file_lock, make_shared_dir
+from memsweep.data.locks import INFO_FILE, file_lock, publish_arrays
 from memsweep.data.sequences import cut_windows, deduplicate, shuffle_split
 from memsweep.data.tokenizer import TextTokenizer, load_tokenizer
-from memsweep.record import fsync_dir, write_json_atomic
 from memsweep.storage import token_dtype
 
 POOL_FORMAT = 1
 """Part of the pool key: bump it when the windowing, dedup or split changes."""
 ENCODE_CHUNK = 256
 """Documents tokenized at a time: ids become compact arrays at once, not Python ints for all."""
-INFO_FILE, TRAIN_FILE, HELDOUT_FILE = "info.json", "train.npy", "heldout.npy"
+TRAIN_FILE, HELDOUT_FILE = "train.npy", "heldout.npy"
 
 
 @dataclass(frozen=True)
@@ -100,21 +98,7 @@ def _build_pool(corpus: Corpus, tokenizer: TextTokenizer, data: DataConfig, dire
         "seq_len": data.seq_len, "seed": data.seed, "heldout_pool": data.heldout_pool,
         "build_seconds": round(time.monotonic() - started, 2),
     }
-    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # a killed builder's, since we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = make_shared_dir(directory.parent, f".{directory.name}.")
-    _save_npy(staging / TRAIN_FILE, train)
-    _save_npy(staging / HELDOUT_FILE, heldout)
-    write_json_atomic(staging / INFO_FILE, info)
-    staging.rename(directory)
-    fsync_dir(directory.parent)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array))
-        handle.flush()
-        os.fsync(handle.fileno())
+    publish_arrays(directory, {TRAIN_FILE: train, HELDOUT_FILE: heldout}, info)
 
 
 def cell_text_tokens(data: DataConfig, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +24,15 @@ import numpy as np
 
 from memsweep.config import DataConfig
 from memsweep.data.corpora import Corpus, read_documents
-from memsweep.data.locks import file_lock, make_shared_dir
+from memsweep.data.locks import INFO_FILE, file_lock, publish_arrays
 from memsweep.data.sequences import cut_windows, deduplicate
 from memsweep.data.text import ENCODE_CHUNK, default_cache_dir
-from memsweep.record import fsync_dir, write_json_atomic
 from memsweep.storage import token_dtype
 
 ROWS_FORMAT = 1
 """Part of the cache key: bump it when the windowing, dedup or tokenizing call changes."""
 CACHE_DIR_NAME = "perspectives"
-ROWS_FILE, UNIGRAM_FILE, INFO_FILE = "rows.npy", "unigram.npy", "info.json"
+ROWS_FILE, UNIGRAM_FILE = "rows.npy", "unigram.npy"
 
 
 @dataclass(frozen=True)
@@ -103,18 +100,4 @@ def _build(corpus: Corpus, tokenizer, identity: dict, seq_len: int, directory: P
     info = {"corpus": corpus.name, "corpus_sha256": corpus.sha256, "tokenizer": identity, "seq_len": seq_len,
             "n_documents": len(corpus.documents), "n_tokens": int(unigram.sum()), "n_windows": len(windows),
             "n_duplicates_dropped": n_dropped}
-    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # a killed builder's, since we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = make_shared_dir(directory.parent, f".{directory.name}.")
-    _save_npy(staging / ROWS_FILE, unique)
-    _save_npy(staging / UNIGRAM_FILE, unigram)
-    write_json_atomic(staging / INFO_FILE, info)
-    staging.rename(directory)
-    fsync_dir(directory.parent)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array))
-        handle.flush()
-        os.fsync(handle.fileno())
+    publish_arrays(directory, {ROWS_FILE: unique, UNIGRAM_FILE: unigram}, info)
