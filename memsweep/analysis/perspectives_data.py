@@ -47,8 +47,8 @@ class ScoreSet:
 
     @cached_property
     def idx(self) -> np.ndarray:
-        """Unique, or a join on it would multiply rows (the note suspects this behind Chen et al.'s
-        impossible transition column)."""
+        """Unique, or a join on it would multiply rows (and give transition counts no crosstab of
+        the rows could)."""
         idx = self._arrays["idx"].astype(np.int64)
         if len(np.unique(idx)) != len(idx):
             raise ValueError(f"{self.path.name}: {len(idx) - len(np.unique(idx))} duplicated idx values")

@@ -257,6 +257,6 @@ def predictor_words(summary: pd.DataFrame, comparison: pd.DataFrame) -> list[str
                  "paired over the test rows. Chen et al.: token accuracy "
                  f"{PAPER_ACCURACY['token'][0]:.1%}–{PAPER_ACCURACY['token'][1]:.1%}, sentence accuracy "
                  f"{PAPER_ACCURACY['sentence_n16'][0]:.1%}–{PAPER_ACCURACY['sentence_n16'][1]:.1%} at n = 16, where on "
-                 "their balanced split the note derives the trivial 1/17 = 5.9% and 2/17 = 11.8% and a token label share "
+                 "their balanced split docs/papers.md derives the trivial 1/17 = 5.9% and 2/17 = 11.8% and a token label share "
                  "of about 50%, so their sentence accuracy is close to trivial.")
     return lines

@@ -1,7 +1,7 @@
 """Score distributions and how the memorized counts scale (Chen et al. 2024 §4.1).
 
 Two readings of the counts against parameters are set side by side: the log-linear fit
-count = a + b·log10 P (Carlini et al.'s law; the reference note finds it fits Pythia's own counts
+count = a + b·log10 P (Carlini et al.'s law; docs/papers.md finds it fits Pythia's own counts
 with r = 0.999) and the paper's "capacity" reading, that the increase per decade of parameters
 shrinks at large sizes. The per-decade slopes between consecutive sizes carry a standard error
 from the rows themselves (the same rows scored by both models, so the difference is paired).
@@ -20,10 +20,10 @@ MIN_SIZES_FOR_FIT = 3
 """Through two sizes a line is exact: its r says nothing."""
 MEASURES = {"fully_memorized": "fully memorized rows (score 1)", "half_or_more": "rows with score ≥ 0.5"}
 PYTHIA_FIT = {"r": 0.999, "rows_per_decade": 1.22e6, "share_per_decade": 1.22e6 / 146_432_000}
-"""The reference note's fit to Pythia-deduped's fully memorized counts at 32/16 (146,432,000 rows)."""
+"""docs/papers.md's fit to Pythia-deduped's fully memorized counts at 32/16 (146,432,000 rows)."""
 PYTHIA_SLOPES = {"70M→2.8B": 1.19e6, "2.8B→12B": 1.31e6}
 PYTHIA_RETAINED = {"70M": 0.188, "12B": 0.259}
-"""Pythia's fully memorized count at continuation 64 over that at 16 (the note: it rises with size)."""
+"""Pythia's fully memorized count at continuation 64 over that at 16 (it rises with size: docs/papers.md)."""
 PYTHIA_CONTEXT_RATIO = {"160M": 2.59, "12B": 2.91}
 """Pythia's count at context 96 over that at 32 (continuation 16)."""
 
@@ -144,7 +144,7 @@ def scaling(sets: list[ScoreSet]) -> Scaling:
 
 
 def scaling_words(result: Scaling, k: int, n: int) -> list[str]:
-    """Both readings of the counts against parameters, beside the reference note's Pythia numbers."""
+    """Both readings of the counts against parameters, beside docs/papers.md's Pythia numbers."""
     lines = [f"The log-linear fit cannot be judged: {result.not_fitted}."] if result.not_fitted else []
     for fit in result.fits.itertuples():
         pythia = (f" (Pythia-deduped at 32/16: r = {PYTHIA_FIT['r']}, +{PYTHIA_FIT['rows_per_decade'] / 1e6:.2f}M rows, "
@@ -162,7 +162,7 @@ def scaling_words(result: Scaling, k: int, n: int) -> list[str]:
                    "changes by less than": "no evidence for the paper's capacity reading"}[r["verdict"]]
         lines.append(f"Per-decade increase of fully memorized rows between consecutive sizes: {each}. From {r['first']} "
                      f"to {r['last']} it {r['verdict']} the standard error of the difference ({r['difference_se']:,.1f}): "
-                     f"{meaning}. On Pythia the note finds "
+                     f"{meaning}. On Pythia (docs/papers.md) "
                      + ", ".join(f"{p} {v / 1e6:.2f}M" for p, v in PYTHIA_SLOPES.items())
                      + " per decade: no shrinking, the paper's reading comes from its evenly spaced size axis.")
     return lines
@@ -196,7 +196,7 @@ def size_effect_words(counts: pd.DataFrame, vary: str, fixed: str, value: int) -
     ratios = table["ratio"].to_numpy(float)
     if len(table) >= 2 and np.isfinite(ratios).all():
         trend = "rises" if np.all(np.diff(ratios) > 0) else "falls" if np.all(np.diff(ratios) < 0) else "is not monotone"
-        paper = (f"the paper: counts fall sub-linearly with n and larger models lose more in absolute terms; the note: the "
+        paper = (f"the paper: counts fall sub-linearly with n and larger models lose more in absolute terms; on Pythia (docs/papers.md): the "
                  f"retained share rises with size on Pythia, c64/c16 {PYTHIA_RETAINED['70M']} at 70M and "
                  f"{PYTHIA_RETAINED['12B']} at 12B" if vary == "n" else
                  f"the paper: counts rise almost exponentially with context, more for larger models; on Pythia ctx 96 / 32 "

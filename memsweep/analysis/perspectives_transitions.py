@@ -4,7 +4,7 @@ Scores map to Chen et al.'s five levels (their corpus_sankey_flow.py): very low 
 medium ≤ 0.6, high ≤ 0.8, very high > 0.8. Two models' levels are joined on the row idx, cross-
 tabulated and row-normalised, in both directions: P(level in the larger | level in the smaller) and
 P(level in the smaller | level in the larger). The counts stay beside the fractions, so an
-off-diagonal that the counts cannot support (the note's complaint about the paper) shows.
+off-diagonal that the counts cannot support shows.
 """
 
 from __future__ import annotations
