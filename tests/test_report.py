@@ -17,6 +17,7 @@ from memsweep.cell import PER_SAMPLE_FILE
 from memsweep.cli import main
 from memsweep.record import RESULT_FILE, write_json_atomic
 from memsweep.sweep import plan_sweep, write_plan
+from tests.conftest import run_sweep
 from tests.wandb_offline import history_and_summary, records
 
 GRID = ["experiment=reproduce-quick", "model.d_model=8,16", "data.capacity_ratio=null", "data.n_samples=8,32,128", "data.n_heldout=512",
@@ -25,9 +26,7 @@ GRID = ["experiment=reproduce-quick", "model.d_model=8,16", "data.capacity_ratio
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    sweep_dir = tmp_path_factory.mktemp("sweep") / "reproduce-quick"
-    assert main(["run", *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2", "--bootstrap", "200"]) == 0
-    return sweep_dir
+    return run_sweep(tmp_path_factory, "reproduce-quick", GRID, bootstrap=200)
 
 
 def test_run_trains_every_cell_and_writes_the_report(sweep):

@@ -26,15 +26,6 @@ TINY_TEXT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def text_cache(tmp_path_factory):
-    """One corpus/tokenizer/pool cache for the module: built once, read by every cell."""
-    cache = tmp_path_factory.mktemp("memsweep-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEMSWEEP_CACHE", str(cache))
-        yield cache
-
-
 def text_cell(*overrides: str):
     return cell_config(compose_config([*TINY_TEXT, *overrides]))
 

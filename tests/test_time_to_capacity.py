@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from memsweep.analysis.time_to_capacity import growth_laws
-from memsweep.cli import main
+from tests.conftest import run_sweep
 
 # Two tiny wsd cells that run to max_steps: decays at 20, 40, 80 steps and a final one from 83 to 100.
 GRID = ["experiment=smoke", "precision=fp32", "data.n_samples=16,64", "model.d_model=16", "model.n_head=2",
@@ -20,9 +20,7 @@ GRID = ["experiment=smoke", "precision=fp32", "data.n_samples=16,64", "model.d_m
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("wsd") / "wsd"
-    assert main(["run", *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2", "--bootstrap", "50"]) == 0
-    return sweep_dir
+    return run_sweep(tmp_path_factory, "wsd", GRID, bootstrap=50)
 
 
 def test_the_report_draws_each_decay_at_the_tokens_behind_it(sweep):
