@@ -23,7 +23,7 @@ from memsweep.callbacks import CellProgress, Checkpointer, MemorizationMonitor, 
 from memsweep.checkpoint import clean_partials, newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
-from memsweep.console import quiet_lightning
+from memsweep.console import emit, quiet_lightning
 from memsweep.data.batches import ShuffledBatches, TokenRows, epoch_rows
 from memsweep.data.source import CellTokens, cell_tokens, row_repeats
 from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger
@@ -123,7 +123,7 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_result(run_dir)
     if previous is not None and previous.get("status") == "done":
-        print(f"memsweep: cell {cfg.cell_id} is already done in {run_dir}; nothing to do")
+        emit(f"memsweep: cell {cfg.cell_id} is already done in {run_dir}; nothing to do", sys.stdout)
         return previous
     base = {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
     lead = _is_global_zero()
@@ -147,7 +147,7 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
         reserve.free()
         write_record(record)
     except ClaimLost as lost:
-        print(f"memsweep: {lost}", file=sys.stderr)
+        emit(f"memsweep: {lost}")
         return {"status": "claim-lost", "cell_id": cfg.cell_id}
     except BaseException as err:
         reserve.free()
@@ -159,8 +159,8 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
         try:
             write_record(failed)
         except BaseException as write_err:  # the original error matters more; say both
-            print(f"memsweep: could not record the failure of {cfg.cell_id} in {run_dir}: "
-                  f"{type(write_err).__name__}: {write_err}", file=sys.stderr)
+            emit(f"memsweep: could not record the failure of {cfg.cell_id} in {run_dir}: "
+                 f"{type(write_err).__name__}: {write_err}")
         raise
     return record
 

@@ -364,7 +364,7 @@ def _add_run(commands) -> None:
                    "(default: one per GPU, or one per CPU core without GPUs)")
     p.add_argument("--pack", type=_pack_value, metavar="K|auto",
                    help="each worker trains up to K compatible cells at once as one stacked model (memsweep.pack; "
-                        "text and bf16-mixed cells run unpacked); auto: the packs and K per model shape of the cost "
+                        "text and multi-device cells run unpacked); auto: the packs and K per model shape of the cost "
                         "model (memsweep/pack/cost.py, as `plan --pack auto`), unpacked where packing does not pay; "
                         "default: no packing")
     p.add_argument("--device", choices=("cpu", "gpu"),

@@ -87,9 +87,13 @@ def cell_summary(record: dict[str, Any]) -> str:
 
 
 def emit(line: str, stream: IO[str] | None = None) -> None:
-    """Print a progress line; a reader that went away (a closed pipe) never fails a cell."""
+    """Print a progress line; a reader that went away (a closed pipe) never fails a cell.
+    The line and its newline go out in one write: workers share the parent's pipe, and under
+    PYTHONUNBUFFERED `print` writes them separately, so two workers' lines ran together."""
+    stream = stream or sys.stderr
     try:
-        print(line, file=stream or sys.stderr, flush=True)
+        stream.write(line + "\n")
+        stream.flush()
     except OSError:
         pass
 

@@ -32,7 +32,7 @@ from typing import Any
 import submitit
 
 from memsweep.config import CONFIG_FILE, ConfigError
-from memsweep.console import cell_summary
+from memsweep.console import cell_summary, emit
 from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
 from memsweep.record import read_result, write_json_atomic
 
@@ -81,9 +81,9 @@ def run_cells(cell_dirs: list[str], wait_for_reference: bool = True) -> dict[str
                     _interrupted(record.get("signal") or record.get("stop_cause"), record.get("requeue", False),
                                  cell_dirs, outcomes)
             if outcomes[cell_dir] == "done":  # trained here: what it memorized
-                print(f"memsweep: {cell_summary(record)}", flush=True)
+                emit(f"memsweep: {cell_summary(record)}", sys.stdout)
             elif outcomes[cell_dir] not in ("claimed", "waiting"):  # another live process trains it (or its reference)
-                print(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", flush=True)
+                emit(f"memsweep: {cell_dir}: {outcomes[cell_dir]}", sys.stdout)
     if failed:
         raise CellsFailed(f"{len(failed)} of {len(cell_dirs)} cells failed:\n"
                           + "\n".join(f"  {d}: {e}" for d, e in failed.items()))
@@ -94,8 +94,8 @@ def _interrupted(signal_name: str | None, requeue: bool, cell_dirs: list[str], o
     """Stop the job after a signal: requeue it first if the signal asked for that."""
     left = [d for d in cell_dirs if d not in outcomes or outcomes[d] in ("preempted", "interrupted")]
     requeued = requeue and requeue_slurm_job()
-    print(f"memsweep: {signal_name}: {'requeued the job' if requeued else 'stopping'}; "
-          f"{len(left)} cell(s) left: {' '.join(left)}", flush=True)
+    emit(f"memsweep: {signal_name}: {'requeued the job' if requeued else 'stopping'}; "
+         f"{len(left)} cell(s) left: {' '.join(left)}", sys.stdout)
     # No result file: a requeued job carries on, a cancelled one ends; locally the exit code says
     # "resumable" (memsweep run tells it from a failure).
     raise SystemExit(-1 if requeued else EXIT_RESUMABLE)

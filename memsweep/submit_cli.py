@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+LAUNCHER_ONLY_KEYS = ("_target_", "submitit_folder", "pack")
+"""hydra.launcher keys that are no sbatch option: memsweep picks a fresh submitit folder per
+submission, and `pack` is hydra_plugins.memsweep_launcher's (memsweep submit takes --pack)."""
 SKIP_UNLESS_RETRY = ("failed", "stale")
 """States re-run only with --retry-failed (stale: a process that died without a final record)."""
 
@@ -43,7 +46,6 @@ def launch_settings(overrides: list[str]) -> Launch:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     from memsweep.config import ConfigError
 
@@ -61,6 +63,16 @@ def launch_settings(overrides: list[str]) -> Launch:
             cfg = compose("train", overrides=fixed, return_hydra_config=True)
     except HydraException as err:
         raise ConfigError(str(err).strip().splitlines()[0]) from None
+    return settings_of(cfg)
+
+
+def settings_of(cfg) -> Launch:
+    """The SLURM settings of a composed config with its `hydra` node (memsweep submit's, or the
+    one Hydra's multirun hands its launcher, hydra_plugins.memsweep_launcher)."""
+    from omegaconf import OmegaConf
+
+    from memsweep.config import ConfigError
+
     launcher = cfg.hydra.launcher
     if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
         raise ConfigError(f"cluster: {cfg.get('cluster', {}).get('name', '?')} has no scheduler "
@@ -71,7 +83,7 @@ def launch_settings(overrides: list[str]) -> Launch:
         node = OmegaConf.select(cfg, key)
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
-    params = {k: value(f"hydra.launcher.{k}") for k in launcher if k not in ("_target_", "submitit_folder")}
+    params = {k: value(f"hydra.launcher.{k}") for k in launcher if k not in LAUNCHER_ONLY_KEYS}
     cluster = cfg.get("cluster") or {}
     for key in ("python", "srun_args"):
         if cluster.get(key):

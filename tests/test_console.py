@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from memsweep.console import VERBOSE_ENV, SweepProgress, cell_summary, quiet_lightning
+from memsweep.console import VERBOSE_ENV, SweepProgress, cell_summary, emit, quiet_lightning
 from memsweep.sweepstate import STATES
 
 TINY = ["experiment=smoke", "logger=none", "model.n_head=1", "model.d_model=16", "data.vocab_size=64",
@@ -92,3 +92,19 @@ def test_done_line_names_the_bits_per_param():
               "bits_per_param": 0.5559, "steps": 840, "stop_reason": "saturated", "wall_seconds": 12.3}
     assert cell_summary(record) == ("abc done: memorized 44,671 of 45,056 bits (99.2%), 0.556 bits/param, "
                                     "840 steps (saturated), 12s")
+
+
+def test_a_line_and_its_newline_go_out_in_one_write():
+    """Workers share the parent's pipe: under PYTHONUNBUFFERED each write is a system call, and a
+    line written apart from its newline ran into another worker's line (seen in CI)."""
+    class Recording(io.StringIO):
+        writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return super().write(text)
+
+    stream = Recording()
+    emit("memsweep: abc done", stream)
+    emit("memsweep: def done", stream)
+    assert stream.writes == ["memsweep: abc done\n", "memsweep: def done\n"]

@@ -336,3 +336,36 @@ def test_hydra_submitit_launcher_runs_the_grid_as_one_array(cluster, tmp_path):
     assert all((d / "config.yaml").exists() for d in cells)
     job_dirs = [p.name for p in (sweep / ".submitit").glob("*/*") if p.is_dir()]
     assert len({name.split("_")[0] for name in job_dirs}) == 1, job_dirs  # one array
+
+
+@pytest.mark.slurm
+def test_hydra_launcher_with_pack_queues_one_pack_per_array_task(cluster, tmp_path):
+    """hydra.launcher.pack=2 on four packable cells: two array tasks of two cells each, every cell
+    its own complete record naming its pack, and the multirun returns once they are done."""
+    sweep = tmp_path / "hydra-packed"
+    done = subprocess.run(
+        [shutil.which("memsweep-train") or "memsweep-train", "-m", "experiment=smoke", "precision=fp32",
+         "seed=0,1", "cluster=slurm-local", "resources=cpu", "hydra.launcher.pack=2", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = [d for d in sweep.iterdir() if (d / "result.json").exists()]
+    assert len(cells) == 4 and all(result(d)["status"] == "done" for d in cells)
+    packs = {result(d)["pack"]["id"] for d in cells}
+    assert len(packs) == 2 and all(result(d)["pack"]["size"] == 2 for d in cells), packs
+    tasks = {slurm_json(d)["job_id"] for d in cells}
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks  # one array, a pack per task
+    assert {p for plan in json.loads((sweep / "sweep.json").read_text())["packs"] for p in plan} == {d.name for d in cells}
+
+    again = subprocess.run(done.args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {slurm_json(d)["job_id"] for d in cells} == tasks  # done cells are not queued again
+
+
+def test_hydra_launcher_refuses_a_pack_size_that_is_not_one(tmp_path):
+    from memsweep.config import ConfigError
+    from hydra_plugins.memsweep_launcher.memsweep_launcher import _pack_size
+
+    assert _pack_size("4") == 4
+    for bad in ("0", "four", "-1"):
+        with pytest.raises(ConfigError, match="hydra.launcher.pack"):
+            _pack_size(bad)

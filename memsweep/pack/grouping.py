@@ -10,8 +10,11 @@ cosine cells. A wsd cell runs its decay branches in its own slot of the pack whi
 pack-mates train on (memsweep.pack.monitor.Branch), and stops, checkpoints and records as its
 unpacked run does (the doubling rule's growth_per_doubling, saturated_at_step, branch_steps).
 
+precision=bf16-mixed cells pack with each other: the pack's forward runs under torch.autocast, as
+Lightning runs theirs (memsweep.pack.model.AutocastForward).
+
 Not packed in this version (they run unpacked, as before): text cells (a tokenizer, a reference
-cell and text measures per cell), bf16-mixed (autocast) and multi-device or DeepSpeed cells.
+cell and text measures per cell) and multi-device or DeepSpeed cells.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from memsweep.config import CellConfig
 def pack_key(cfg: CellConfig) -> tuple | None:
     """What cells of one pack share; None for a cell that trains unpacked."""
     m, d, t = cfg.model, cfg.data, cfg.trainer
-    if (d.kind != "uniform" or cfg.precision not in ("fp32", "bf16")
+    if (d.kind != "uniform" or cfg.precision not in ("fp32", "bf16", "bf16-mixed")
             or t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single")):
         return None
     return (m.n_layer, m.d_model, m.n_head, m.attention, d.vocab_size, d.seq_len, cfg.precision,

@@ -5,19 +5,19 @@ Same contract as memsweep.launcher.run_cells (outcomes per cell dir, CellsFailed
 SystemExit after a signal), so memsweep.local_run uses either. Cells are taken in plan order:
 the first claimable cell opens a pack and the next claimable cells of its pack key
 (memsweep.pack.grouping) fill it, so concurrent workers share the cells out through their claims
-alone. A cell that packs not (text, bf16-mixed, ...) or that has Lightning checkpoints of an unpacked
+alone. A cell that packs not (text, multi-device, ...) or that has Lightning checkpoints of an unpacked
 run (resumed as it was started) runs unpacked, through run_cells.
 """
 
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 
 from memsweep.checkpoint import checkpoints
 from memsweep.claim import CellClaim, ClaimLost
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
+from memsweep.console import emit
 from memsweep.launcher import CellsFailed, _interrupted, _is_done, run_cells
 from memsweep.preemption import PreemptionFlag
 from memsweep.record import RESULT_FILE, clean_temp_files, write_json_atomic
@@ -123,7 +123,7 @@ def train_members(members: list[Member]) -> dict[str, str]:
                 try:
                     cells.append(_prepare(cell_dir, cfg, claim))
                 except ClaimLost as lost:
-                    print(f"memsweep: {lost}", file=sys.stderr)
+                    emit(f"memsweep: {lost}")
                     outcomes[cell_dir] = "claim-lost"
                 except Exception as err:
                     traceback.print_exc()

@@ -76,9 +76,23 @@ class PackedGPT:
         return model
 
 
-def make_forward(impl: str, cfg: GPTConfig, device: torch.device | str = "cpu") -> Forward:
-    """`vmap` (torch.func over memsweep's GPT) or `batched` (batched matmuls over the cell dim)."""
+def make_forward(impl: str, cfg: GPTConfig, device: torch.device | str = "cpu", autocast: bool = False) -> Forward:
+    """`vmap` (torch.func over memsweep's GPT) or `batched` (batched matmuls over the cell dim);
+    `autocast`: under torch.autocast to bf16 (precision=bf16-mixed: fp32 weights, bf16 compute)."""
     forwards = {"vmap": VmapForward, "batched": BatchedForward}
     if impl not in forwards:
         raise ValueError(f"impl must be one of {', '.join(forwards)}, got {impl!r}")
-    return forwards[impl](cfg, device)
+    forward = forwards[impl](cfg, device)
+    return AutocastForward(forward, torch.device(device).type) if autocast else forward
+
+
+class AutocastForward:
+    """A forward under torch.autocast(bf16), as Lightning's bf16-mixed runs an unpacked cell's
+    forward, in training and in evaluation alike (the loss is taken in fp32 either way)."""
+
+    def __init__(self, forward: Forward, device_type: str):
+        self.forward, self.device_type = forward, device_type
+
+    def __call__(self, params: dict[str, Tensor], tokens: Tensor) -> Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.forward(params, tokens)

@@ -55,7 +55,7 @@ def plan_packs(cells: list[PlannedCell], size: int | str, device: str, flops_per
     for cell in cells:
         key = pack_key(cell.config)
         if key is None:
-            unpacked.append((cell, "trains unpacked (text, bf16-mixed or multi-device: memsweep.pack.grouping)"))
+            unpacked.append((cell, "trains unpacked (text or multi-device: memsweep.pack.grouping)"))
         else:
             groups.setdefault(key, []).append(cell)
     packs: list[Pack] = []

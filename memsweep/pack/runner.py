@@ -33,7 +33,7 @@ from memsweep.callbacks import NonFiniteError
 from memsweep.cell import PER_SAMPLE_FILE, _accelerator_device, gpt_config, result_fields
 from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig
-from memsweep.console import cell_summary
+from memsweep.console import cell_summary, emit
 from memsweep.data.source import row_repeats
 from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger, log_batch_loss
 from memsweep.pack.checkpoint import save_cell_checkpoint
@@ -118,8 +118,8 @@ class PackRunner:
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
-        print(f"memsweep: pack {self.pack['id']}: {len(self.active)} cells "
-              f"({self.gpt.n_layer}L d{self.gpt.d_model}, {self.active[0].cfg.precision}) as one", flush=True)
+        emit(f"memsweep: pack {self.pack['id']}: {len(self.active)} cells "
+             f"({self.gpt.n_layer}L d{self.gpt.d_model}, {self.active[0].cfg.precision}) as one", sys.stdout)
         try:
             self._evaluate([c for c in self.active if c.step == 0], saturation=False)
             while self.active:
@@ -290,7 +290,7 @@ class PackRunner:
         c.claim.check()
         np.savez_compressed(c.dir / PER_SAMPLE_FILE, **c.per_sample_nll_bits, **repeats)
         self._write(c, record)
-        print(f"memsweep: {cell_summary(record)}", flush=True)
+        emit(f"memsweep: {cell_summary(record)}", sys.stdout)
 
     def _checkpoint(self, cells: list[PackedCell], stop: bool) -> list[PackedCell]:
         """Checkpoint cells at their step (never a NaN model); those told to stop leave, resumable."""
@@ -318,7 +318,7 @@ class PackRunner:
 
     def _fail(self, c: PackedCell, err: BaseException) -> None:
         """Write the failed record of one cell, as run_cell writes it."""
-        print(f"memsweep: {c.cfg.cell_id} failed in pack {self.pack['id']}: {err}", file=sys.stderr)
+        emit(f"memsweep: {c.cfg.cell_id} failed in pack {self.pack['id']}: {err}")
         record = {**base_record(c.cfg), "status": "failed", "error": f"{type(err).__name__}: {err}",
                   "traceback": "".join(traceback.format_exception(err)), "wall_seconds": c.wall_seconds,
                   "pack": self._pack_fields(c)}
@@ -328,7 +328,7 @@ class PackRunner:
             self._lost(c, lost)
 
     def _lost(self, c: PackedCell, lost: ClaimLost) -> None:
-        print(f"memsweep: {lost}", file=sys.stderr)
+        emit(f"memsweep: {lost}")
         self.outcomes[c.cfg.cell_id] = "claim-lost"
         self._close_logger(c, None)
 

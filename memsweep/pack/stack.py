@@ -38,7 +38,8 @@ class StackedState:
         for k, c in enumerate(cells):
             if c.optimizer is not None:
                 self._load_optimizer(k, c.optimizer)
-        self.forward = make_forward("vmap" if len(cells) == 1 else impl, gpt, device)
+        self.forward = make_forward("vmap" if len(cells) == 1 else impl, gpt, device,
+                                    autocast=cells[0].cfg.precision == "bf16-mixed")
         self.train_step = PackedTrainStep(self.model, self.forward, self.optimizer, [c.cfg.trainer.lr for c in cells],
                                           [c.schedule for c in cells], [c.cfg.trainer.grad_clip for c in cells])
         self.train_step.first_nonfinite = torch.tensor([c.first_nonfinite or -1 for c in cells], device=device)

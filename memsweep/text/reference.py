@@ -10,12 +10,14 @@ before it starts; whoever runs a cell whose reference has not run trains the ref
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from memsweep.config import CONFIG_FILE, CellConfig, save_cell_config
+from memsweep.console import emit
 
 WAIT_POLL_SECONDS = 10.0
 
@@ -52,16 +54,16 @@ def ensure_reference(cfg: CellConfig, cell_dir: Path, wait: bool = True) -> str:
         if state == "running":
             if not wait:
                 return "waiting"
-            print(f"memsweep: cell {cfg.cell_id} waits for its reference cell {reference.cell_id} "
-                  f"(trained by another process in {ref_dir})", flush=True)
+            emit(f"memsweep: cell {cfg.cell_id} waits for its reference cell {reference.cell_id} "
+                 f"(trained by another process in {ref_dir})", sys.stdout)
             time.sleep(WAIT_POLL_SECONDS)
             continue
         from memsweep.cell import run_cell_dir  # the reference is a cell like any other
 
         if not (ref_dir / CONFIG_FILE).exists():
             save_cell_config(reference, ref_dir / CONFIG_FILE)
-        print(f"memsweep: training the reference cell {reference.cell_id} (N = {reference.data.n_samples:,}, "
-              f"the whole training pool) before cell {cfg.cell_id}", flush=True)
+        emit(f"memsweep: training the reference cell {reference.cell_id} (N = {reference.data.n_samples:,}, "
+             f"the whole training pool) before cell {cfg.cell_id}", sys.stdout)
         record = run_cell_dir(ref_dir)
         if record["status"] not in ("done", "claimed"):
             return "blocked" if record["status"] == "failed" else record["status"]
