@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from memsweep.callbacks import CellProgress, Checkpointer, MemorizationMonitor, StepTimer
-from memsweep.checkpoint import clean_partials, newest_valid_checkpoint, step_of
+from memsweep.checkpoint import checkpoints, clean_partials, newest_valid_checkpoint, step_of
 from memsweep.claim import CellClaim, ClaimLost, NoClaim
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import emit, quiet_lightning
@@ -97,16 +97,39 @@ def run_cell_dir(cell_dir: Path, wait_for_reference: bool = True) -> dict[str, A
     with PreemptionFlag():  # a signal during set-up is kept for the cell's first step
         if not claim.acquire():
             return {"status": "claimed", "cell_id": cfg.cell_id}
-        record: dict[str, Any] = {"status": "unknown"}
-        try:
-            record = run_cell(cfg, cell_dir, claim)
-        finally:
-            claim.release(final_status=record.get("status"))
+        if _resumes_packed(cfg, cell_dir):
+            record = _resume_as_pack_of_one(cfg, cell_dir, claim)
+        else:
+            record = {"status": "unknown"}
+            try:
+                record = run_cell(cfg, cell_dir, claim)
+            finally:
+                claim.release(final_status=record.get("status"))
     if record["status"] == "preempted" and record["requeue"] and slurm_job_id() is not None:
         if _is_global_zero():
             requeue_slurm_job()
         raise SystemExit(-1)  # as submitit does: no result file, the requeued job continues
     return record
+
+
+def _resumes_packed(cfg: CellConfig, cell_dir: Path) -> bool:
+    """A cell last trained in a pack (memsweep.pack) has packed checkpoints and no Lightning ones."""
+    from memsweep.pack.checkpoint import pack_checkpoints
+    from memsweep.pack.grouping import pack_key
+
+    return bool(pack_checkpoints(cell_dir)) and not checkpoints(cell_dir) and pack_key(cfg) is not None
+
+
+def _resume_as_pack_of_one(cfg: CellConfig, cell_dir: Path, claim: CellClaim) -> dict[str, Any]:
+    """Resume a packed cell run without --pack from its own packed checkpoint, as a pack of one:
+    that trains bit for bit as the unpacked cell would, so relaunching with another pack size
+    (none included) loses no steps. The pack releases the claim."""
+    from memsweep.pack.launch import train_members
+
+    emit(f"memsweep: {cfg.cell_id} resumes from its packed checkpoint, as a pack of one", sys.stdout)
+    outcome = train_members([(str(cell_dir), cfg, claim)])[str(cell_dir)]
+    record = read_result(cell_dir) or {}
+    return record if record.get("status") == outcome.split(":")[0] else {"status": outcome, "cell_id": cfg.cell_id}
 
 
 def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None = None) -> dict[str, Any]:

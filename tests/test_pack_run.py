@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from memsweep.callbacks import NonFiniteError
-from memsweep.cell import run_cell
+from memsweep.cell import run_cell, run_cell_dir
 from memsweep.claim import CellClaim
 from memsweep.cli import main as cli_main
 from memsweep.config import CONFIG_FILE, cell_config, save_cell_config
@@ -152,6 +152,34 @@ def test_a_preempted_pack_resumes_to_the_results_of_an_uninterrupted_one(tmp_pat
         assert_matches(got, expected, rel=0)
         assert metrics(tmp_path / "split" / cfg.cell_id) == metrics(tmp_path / "whole" / cfg.cell_id)
     assert whole[cfgs[2].cell_id]["stop_reason"] == "saturated"
+
+
+def test_a_preempted_pack_cell_resumed_without_pack_loses_no_steps(tmp_path, monkeypatch):
+    """Relaunching without --pack (run_cell_dir, as `memsweep run` and SLURM jobs call it): the
+    cell resumes from its packed checkpoint as a pack of one, to the uninterrupted pack's results."""
+    cfgs = [tiny("data.n_samples=16", "seed=0", "trainer.max_steps=50", "trainer.checkpoint_every_steps=10"),
+            tiny("data.n_samples=32", "seed=1", "trainer.max_steps=50", "trainer.checkpoint_every_steps=10")]
+    whole = packed(cfgs, tmp_path / "whole")
+    train = PackRunner._train_one_step
+
+    def preempt_at_step_23(runner):
+        train(runner)
+        if runner.active[0].step == 23:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: interrupted, checkpointed, no requeue
+
+    monkeypatch.setattr(PackRunner, "_train_one_step", preempt_at_step_23)
+    stopped = packed(cfgs, tmp_path / "split")
+    assert [r["status"] for r in stopped.values()] == ["interrupted"] * 2
+    monkeypatch.setattr(PackRunner, "_train_one_step", train)
+    for cfg in cfgs:
+        got = run_cell_dir(tmp_path / "split" / cfg.cell_id)
+        assert got["resumed_from_step"] == 23 and got["pack"]["size"] == 1
+        assert_matches(got, whole[cfg.cell_id], rel=1e-4)
+        assert [r["step"] for r in metrics(tmp_path / "split" / cfg.cell_id)] == \
+            [r["step"] for r in metrics(tmp_path / "whole" / cfg.cell_id)]
+        again = CellClaim(tmp_path / "split" / cfg.cell_id, 60)
+        assert again.acquire()  # the pack of one released its claim
+        again.release()
 
 
 def test_a_non_finite_cell_fails_alone_and_its_pack_mates_finish_as_alone(tmp_path):
