@@ -320,3 +320,18 @@ def test_a_peak_interval_no_wider_than_the_grid_is_resolution_limited():
     points = double_descent_points(noisy, {"fp32": 3.5}, n_boot=200)
     wider = points[~points["resolution_limited"] & (points["maximum"] == "bracketed")]
     assert len(wider) and ((wider["ratio_high"] / wider["ratio_low"]) > 2.0 + 1e-9).all()
+
+
+def test_a_maximum_at_its_own_models_largest_n_is_called_at_the_largest_n():
+    """With capacity_ratio each model has its own N grid: d16's largest N is not the sweep's."""
+    import pandas as pd
+
+    from memsweep.analysis.paper import verdict_lines
+
+    caps = pd.DataFrame({"model": ["small", "large"], "n_samples_at_max": [395, 12], "maximum": ["at grid edge"] * 2,
+                         "hit_max_steps": [False, False], "at_data_ceiling": [False, False], "lower_bound": [True, True]})
+    grid = {"n_samples": [12, 395, 2050], "largest_n_by_model": {"small": 395, "large": 2050},
+            "cells_hit_max_steps": 0, "cells": 2, "max_steps": [], "seeds": [0, 1, 2, 3, 4], "vocab_size": [256],
+            "seq_len": [64], "n_layer": [1], "d_model": [16, 48], "precisions": ["fp32"]}
+    text = "\n".join(verdict_lines(grid, pd.DataFrame(), caps, {}))
+    assert "(1 at the largest N, 1 at the smallest)" in text, text

@@ -106,7 +106,9 @@ def grid_facts(cells: pd.DataFrame) -> dict:
             "d_model": values("d_model"), "n_samples": values("n_samples"), "seeds": values("seed"),
             "precisions": sorted(cells["precision"].unique()),
             "cells": len(cells), "cells_hit_max_steps": len(hit),
-            "max_steps": sorted(int(v) for v in hit["steps"].unique()) if "steps" in hit else []}
+            "max_steps": sorted(int(v) for v in hit["steps"].unique()) if "steps" in hit else [],
+            "largest_n_by_model": {m: int(n) for m, n in cells.groupby("model")["n_samples"].max().items()}
+            if "model" in cells else {}}
 
 
 def _span(values: list) -> str:
@@ -185,7 +187,9 @@ def verdict_lines(grid: dict, summary: pd.DataFrame, caps: pd.DataFrame, fits: d
                        "docs/reproduction.md measured ≤ 2.5% from doubling its 2,000 steps).")
     edge = caps[caps["maximum"] == AT_GRID_EDGE]
     if len(edge):
-        at_largest = int((edge["n_samples_at_max"] == max(grid["n_samples"])).sum())
+        largest = grid.get("largest_n_by_model") or {}  # each model has its own N grid (data.capacity_ratio)
+        at_largest = int(sum(n == largest.get(m, max(grid["n_samples"]))
+                             for m, n in zip(edge["model"], edge["n_samples_at_max"])))
         lines.append(_count(len(edge), total, "at grid edge") + f" ({at_largest} at the largest N, "
                      f"{len(edge) - at_largest} at the smallest): the true maximum may lie outside the grid.")
     n = int(caps["at_data_ceiling"].sum())
