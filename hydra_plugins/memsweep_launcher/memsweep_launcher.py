@@ -28,7 +28,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,8 @@ class MemsweepSlurmLauncher(SlurmLauncher):
         size: int | str = AUTO if str(self.pack) == AUTO else _pack_size(self.pack)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         cells, jobs = [], []
-        for num, overrides in enumerate(job_overrides):
+        for overrides in job_overrides:
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config.hydra.job):
-                sweep_config.hydra.job.num = num
             cell = cell_config(_task_config(sweep_config))
             cells.append(PlannedCell(cell.cell_id, sweep_dir / cell.cell_id, cell, tuple(overrides)))
             jobs.append((list(overrides), sweep_config))

@@ -10,7 +10,8 @@ They live in `<cell>/pack-checkpoints/`, apart from the Lightning checkpoints of
 (`checkpoints/`), which they do not resemble: an unpacked run never mistakes one for a corrupt
 Lightning checkpoint, and a packed run never resumes a Lightning one (memsweep.pack.launch runs
 such a cell unpacked); an unpacked run of a cell with packed checkpoints only resumes it as a
-pack of one (memsweep.cell.run_cell_dir), bit for bit the unpacked cell, so no steps are lost. Written, digested and renamed into place as memsweep.checkpoint does.
+pack of one (memsweep.cell.run_cell_dir), bit for bit the unpacked cell, so no steps are lost.
+Written, digested and renamed into place as memsweep.checkpoint does.
 """
 
 from __future__ import annotations
