@@ -32,7 +32,7 @@ from memsweep.module import MemorizationModule
 from memsweep.optim import optimizer_state_dtype
 from memsweep.preemption import PreemptionFlag, requeue_slurm_job, slurm_job_id
 from memsweep.preflight import check_resources
-from memsweep.record import RESULT_FILE, TEMP_SUFFIX, clean_temp_files, read_result, versions, write_json_atomic
+from memsweep.record import RESULT_FILE, TEMP_SUFFIX, clean_temp_files, is_done, read_result, versions, write_json_atomic
 from memsweep.reserve import SpaceReserve, is_disk_full
 from memsweep.runtime import keep_large_allocations_in_heap
 from memsweep.strategy import trainer_kwargs
@@ -95,7 +95,10 @@ def run_cell_dir(cell_dir: Path, wait_for_reference: bool = True) -> dict[str, A
     # checkpointer's collective stop decision.
     claim = CellClaim(cell_dir, cfg.trainer.lease_seconds) if _is_global_zero() else NoClaim()
     with PreemptionFlag():  # a signal during set-up is kept for the cell's first step
-        if not claim.acquire():
+        if not claim.acquire(finished=lambda: is_done(cell_dir)):
+            finished = read_result(cell_dir)  # finished by another worker since `previous` was read
+            if finished is not None and finished.get("status") == "done":
+                return finished
             return {"status": "claimed", "cell_id": cfg.cell_id}
         if _resumes_packed(cfg, cell_dir):
             record = _resume_as_pack_of_one(cfg, cell_dir, claim)

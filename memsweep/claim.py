@@ -14,7 +14,9 @@ released by marking its file `released`, never by deleting it, so the numbers on
 
 A claim is dead when it is released, its heartbeat is older than its lease, or its process is
 gone from this host; an unreadable claim file is presumed live for a grace period after its last
-modification. A requeued SLURM job takes over the claim of its own job id at once.
+modification. A requeued SLURM job takes over the claim of its own job id at once. A finished cell
+is never claimed again: a holder writes the cell's result before it releases, so a process that
+finds the claim released or dead asks whether the cell is finished before it takes a number.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from memsweep.preemption import slurm_job_id
 from memsweep.record import fsync_dir, shared_file_mode, write_text_atomic
@@ -178,8 +180,10 @@ class CellClaim:
             return True  # this very job, requeued: its earlier run is gone
         return not claim_is_live(claim)
 
-    def acquire(self) -> bool:
-        """True if this process now holds the cell; False if a live holder has it."""
+    def acquire(self, finished: Callable[[], bool] = lambda: False) -> bool:
+        """True if this process now holds the cell; False if a live holder has it or `finished()`
+        says the cell is done (asked after the current claim is seen dead, before taking a number:
+        a worker that saw the cell unfinished just before its holder finished does not reclaim it)."""
         claim_dir(self.cell_dir).mkdir(parents=True, exist_ok=True)
         while True:
             top = next(iter(generations(self.cell_dir)), 0)
@@ -187,6 +191,8 @@ class CellClaim:
                 current = _read_generation(self.cell_dir, top)
                 if current is not None and not self._takeable(current):
                     return False
+            if finished():
+                return False
             if self._link(top + 1):
                 break
             # someone else created generation top + 1 first: look again (it is live, normally)

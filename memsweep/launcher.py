@@ -34,7 +34,7 @@ import submitit
 from memsweep.config import CONFIG_FILE, ConfigError
 from memsweep.console import cell_summary, emit
 from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
-from memsweep.record import read_result, write_json_atomic
+from memsweep.record import is_done, read_result, write_json_atomic
 
 SLURM_FILE = "slurm.json"
 """Per cell: the SLURM job that runs it (latest first, earlier submissions under `previous`)."""
@@ -64,7 +64,7 @@ def run_cells(cell_dirs: list[str], wait_for_reference: bool = True) -> dict[str
         for cell_dir in cell_dirs:
             if guard.requested:
                 _interrupted(guard.signal_name, guard.wants_requeue, cell_dirs, outcomes)
-            if _is_done(Path(cell_dir)):  # e.g. a requeued job's first cells: skip torch's import too
+            if is_done(Path(cell_dir)):  # e.g. a requeued job's first cells: skip torch's import too
                 outcomes[cell_dir] = "done"
                 continue
             try:
@@ -233,13 +233,6 @@ def is_queued(cell_dir: Path, active: set[str]) -> bool:
     return record is not None and record.get("job_id") in active
 
 
-def _is_done(cell_dir: Path) -> bool:
-    try:
-        return (read_result(Path(cell_dir)) or {}).get("status") == "done"
-    except ValueError:
-        return True  # an unreadable result.json is never run over
-
-
 def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_dir: Path,
                  max_array_size: int | None = None, array_parallelism: int,
                  cells_per_job: int = 1, packs: list[list[Path]] | None = None) -> list[submitit.Job]:
@@ -257,7 +250,7 @@ def submit_cells(cell_dirs: list[Path], executor_params: dict[str, Any], *, log_
         raise ValueError(f"cells_per_job must be >= 1, got {cells_per_job}")
     active = active_jobs()
     todo = [Path(d).resolve() for d in cell_dirs]
-    todo = [d for d in todo if not _is_done(d) and not is_queued(d, active)]
+    todo = [d for d in todo if not is_done(d) and not is_queued(d, active)]
     if not todo:
         return []
     if packs is not None:

@@ -135,6 +135,14 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     raise ValueError(f"{path} is corrupt ({problem}); move it aside to re-run this cell")
 
 
+def is_done(run_dir: Path) -> bool:
+    """Whether the cell finished: its result says done, or cannot be read (never run over)."""
+    try:
+        return (read_result(Path(run_dir)) or {}).get("status") == "done"
+    except ValueError:
+        return True
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)

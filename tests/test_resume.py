@@ -87,6 +87,21 @@ def test_run_cell_dir_runs_once(small_cell, tmp_path):
     assert run_cell_dir(tmp_path) == record
 
 
+
+def test_a_worker_that_saw_the_cell_unfinished_does_not_reclaim_it_once_done(small_cell, tmp_path, monkeypatch):
+    """CI's race (4 workers, 8 cells): a worker reads result.json just before the holder writes
+    `done` and releases; it must not take generation 2 and run over the finished cell."""
+    cfg = small_cell("trainer.max_steps=10", "trainer.eval_interval=5")
+    save_cell_config(cfg, tmp_path / "config.yaml")
+    record = run_cell_dir(tmp_path)
+    assert not CellClaim(tmp_path).acquire(finished=lambda: (tmp_path / "result.json").exists())
+    real_read, stale = cell_module.read_result, iter([None])
+    monkeypatch.setattr(cell_module, "read_result", lambda d: next(stale, None) or real_read(d))
+    result_mtime = (tmp_path / "result.json").stat().st_mtime_ns
+    assert run_cell_dir(tmp_path) == record
+    assert read_claim(tmp_path)["generation"] == 1
+    assert (tmp_path / "result.json").stat().st_mtime_ns == result_mtime
+
 def test_a_live_claim_keeps_other_processes_out(small_cell, tmp_path):
     cfg = small_cell("trainer.max_steps=10")
     save_cell_config(cfg, tmp_path / "config.yaml")

@@ -18,9 +18,9 @@ from memsweep.checkpoint import checkpoints
 from memsweep.claim import CellClaim, ClaimLost
 from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import emit
-from memsweep.launcher import CellsFailed, _interrupted, _is_done, run_cells
+from memsweep.launcher import CellsFailed, _interrupted, run_cells
 from memsweep.preemption import PreemptionFlag
-from memsweep.record import RESULT_FILE, clean_temp_files, write_json_atomic
+from memsweep.record import RESULT_FILE, clean_temp_files, is_done, write_json_atomic
 from memsweep.pack.checkpoint import clean_pack_partials, newest_cell_checkpoint
 from memsweep.pack.grouping import pack_key
 
@@ -40,12 +40,7 @@ def _packable(cell_dir: str) -> tuple[CellConfig, tuple] | None:
 def _claim(cell_dir: str, cfg: CellConfig) -> CellClaim | None:
     """The cell's claim, or None if another process holds it or finished the cell meanwhile."""
     claim = CellClaim(Path(cell_dir), cfg.trainer.lease_seconds)
-    if not claim.acquire():
-        return None
-    if _is_done(Path(cell_dir)):
-        claim.release()
-        return None
-    return claim
+    return claim if claim.acquire(finished=lambda: is_done(Path(cell_dir))) else None
 
 
 def run_packed_cells(cell_dirs: list[str], size: int, planned: list[list[str]] | None = None) -> dict[str, str]:
@@ -67,7 +62,7 @@ def run_packed_cells(cell_dirs: list[str], size: int, planned: list[list[str]] |
             if guard.requested:
                 _interrupted(guard.signal_name, guard.wants_requeue, cell_dirs, outcomes)
             first = queue.pop(0)
-            if _is_done(Path(first)):
+            if is_done(Path(first)):
                 outcomes[first] = "done"
                 continue
             if packable[first] is None:
