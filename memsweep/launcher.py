@@ -34,7 +34,7 @@ import submitit
 from memsweep.config import CONFIG_FILE, ConfigError
 from memsweep.console import cell_summary, emit
 from memsweep.preemption import EXIT_RESUMABLE, PreemptionFlag, requeue_slurm_job
-from memsweep.record import is_done, read_result, write_json_atomic
+from memsweep.record import is_done, write_json_atomic
 
 SLURM_FILE = "slurm.json"
 """Per cell: the SLURM job that runs it (latest first, earlier submissions under `previous`)."""
