@@ -235,11 +235,48 @@ def _trainer(cfg: CellConfig, n_params: int, run_dir: Path, logger, callbacks: l
     )
 
 
-def _check_same_pool(tokens: CellTokens, previous: dict[str, Any] | None, checkpoint: Path | None) -> None:
+def start_text_cell(cfg: CellConfig, run_dir: Path, tokens: CellTokens, previous: dict[str, Any] | None,
+                    resuming: bool, claim: CellClaim | NoClaim) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """A text cell's steps before its first step, shared with packed cells (memsweep.pack): the
+    reference's NLLs (a missing or mismatched reference fails the cell before it trains), the
+    pool check against the checkpoints it resumes from, and a `running` record naming its pool.
+    Returns the reference (None: a uniform cell, a reference cell, or data.reference=none)."""
+    if tokens.text is None:
+        return None
+    reference = _reference(cfg, run_dir, tokens)
+    _check_same_pool(tokens, previous, resuming)
+    if _is_global_zero():
+        claim.check()
+        write_json_atomic(run_dir / RESULT_FILE, {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg),
+                                                  "versions": versions(), "text": tokens.text})
+    return reference
+
+
+def write_cell_outputs(cfg: CellConfig, run_dir: Path, model: torch.nn.Module | None, tokens: CellTokens,
+                       nll: dict[str, np.ndarray], reference: tuple[dict, dict[str, np.ndarray]] | None,
+                       check) -> dict[str, Any]:
+    """A done cell's files beside its record (rank 0), shared with packed cells: the per-sample
+    NLLs and, for a text cell, its text measures (memsweep.text.measure), most memorized sequences
+    and final weights. Returns the text record fields ({} for a uniform cell, whose `model` may
+    be None). `check` fences the writes (the claim's)."""
+    text_fields, arrays, top = {}, {}, None
+    if tokens.text is not None:
+        text_fields, arrays, top = _measure_text(cfg, model, tokens, nll, reference)
+    check()
+    data = cfg.data
+    repeats = {"repeat_count": row_repeats(data)} if data.repeat_counts is not None else {}
+    np.savez_compressed(run_dir / PER_SAMPLE_FILE, **nll, **arrays, **repeats)
+    if top is not None:
+        write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
+        _save_model(model, run_dir / MODEL_FILE)
+    return text_fields
+
+
+def _check_same_pool(tokens: CellTokens, previous: dict[str, Any] | None, resuming: bool) -> None:
     """A text cell resumes only from checkpoints trained on the same pool: a corpus package
     update or a retrained tokenizer changes the token ids under the same cell id."""
     before = ((previous or {}).get("text") or {}).get("pool_sha256")
-    if checkpoint is not None and tokens.text is not None and before and before != tokens.text["pool_sha256"]:
+    if resuming and before and before != tokens.text["pool_sha256"]:
         raise ValueError(f"this cell's checkpoints were trained on text pool {before[:12]}, but the corpus and "
                          f"tokenizer now give pool {tokens.text['pool_sha256'][:12]} (the corpus text or the "
                          "tokenizer changed); move the cell dir away to retrain it from scratch")
@@ -250,13 +287,8 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
     data, trainer_cfg = cfg.data, cfg.trainer
     tokens = cell_tokens(data, run_dir, rank_zero_only.rank)
     train_tokens, heldout_tokens = tokens.train, tokens.heldout
-    reference = _reference(cfg, run_dir, tokens)
     checkpoint = _resume_point(run_dir)
-    _check_same_pool(tokens, previous, checkpoint)
-    if tokens.text is not None and _is_global_zero():
-        claim.check()
-        write_json_atomic(run_dir / RESULT_FILE, {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg),
-                                                  "versions": versions(), "text": tokens.text})
+    reference = start_text_cell(cfg, run_dir, tokens, previous, checkpoint is not None, claim)
     start_step = step_of(checkpoint) if checkpoint else 0
 
     device = _accelerator_device(trainer_cfg.accelerator)
@@ -297,16 +329,10 @@ def _train(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim,
     if stopped:
         close_logger(logger, None)
         return common
-    text_fields, arrays, top = {}, {}, None
-    if tokens.text is not None and trainer.is_global_zero:
-        text_fields, arrays, top = _measure_text(cfg, model, tokens, monitor.per_sample_nll_bits, reference)
+    text_fields = {}
     if trainer.is_global_zero:
-        claim.check()
-        repeats = {"repeat_count": row_repeats(data)} if data.repeat_counts is not None else {}
-        np.savez_compressed(run_dir / PER_SAMPLE_FILE, **monitor.per_sample_nll_bits, **arrays, **repeats)
-        if top is not None:
-            write_json_atomic(run_dir / TOP_MEMORIZED_FILE, top)
-            _save_model(model, run_dir / MODEL_FILE)
+        text_fields = write_cell_outputs(cfg, run_dir, model, tokens, monitor.per_sample_nll_bits, reference,
+                                         claim.check)
     device = next(model.parameters()).device
     record = {
         **common,

@@ -178,16 +178,15 @@ def test_a_tiny_text_sweep_through_memsweep_run_reports_every_text_section(text_
         assert (sweep / "report" / f"{figure}.png").stat().st_size > 1000
 
 
-def test_a_cell_refuses_to_resume_checkpoints_of_another_text_pool(tmp_path):
+def test_a_cell_refuses_to_resume_checkpoints_of_another_text_pool():
     from memsweep.cell import _check_same_pool
     from memsweep.data.source import CellTokens
 
     tokens = CellTokens(np.zeros((1, 4)), np.zeros((1, 4)), {"pool_sha256": "b" * 64})
-    checkpoint = tmp_path / "step-10.ckpt"
-    _check_same_pool(tokens, {"text": {"pool_sha256": "b" * 64}}, checkpoint)  # same pool: resumes
-    _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, None)  # no checkpoint: starts afresh
+    _check_same_pool(tokens, {"text": {"pool_sha256": "b" * 64}}, resuming=True)  # same pool: resumes
+    _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, resuming=False)  # no checkpoint: starts afresh
     with pytest.raises(ValueError, match="trained on text pool aaaaaaaaaaaa, but the corpus and tokenizer now give"):
-        _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, checkpoint)
+        _check_same_pool(tokens, {"text": {"pool_sha256": "a" * 64}}, resuming=True)
 
 
 def test_memsweep_perspectives_scores_the_trained_text_cells_and_writes_its_report(trained, tmp_path):

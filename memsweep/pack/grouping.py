@@ -13,8 +13,12 @@ unpacked run does (the doubling rule's growth_per_doubling, saturated_at_step, b
 precision=bf16-mixed cells pack with each other: the pack's forward runs under torch.autocast, as
 Lightning runs theirs (memsweep.pack.model.AutocastForward).
 
-Not packed in this version (they run unpacked, as before): text cells (a tokenizer, a reference
-cell and text measures per cell) and multi-device or DeepSpeed cells.
+Text cells pack with each other and with uniform cells of the same shapes: the pack trains on
+token ids whatever they encode; each cell keeps its own tokens, reference and text measures
+(memsweep.cell.start_text_cell and write_cell_outputs, as its unpacked run), and joins a pack only
+once its reference is done (memsweep.pack.launch).
+
+Not packed (they run unpacked): multi-device and DeepSpeed cells.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from memsweep.config import CellConfig
 def pack_key(cfg: CellConfig) -> tuple | None:
     """What cells of one pack share; None for a cell that trains unpacked."""
     m, d, t = cfg.model, cfg.data, cfg.trainer
-    if (d.kind != "uniform" or cfg.precision not in ("fp32", "bf16", "bf16-mixed")
+    if (cfg.precision not in ("fp32", "bf16", "bf16-mixed")
             or t.devices * t.num_nodes != 1 or t.strategy not in ("auto", "single")):
         return None
     return (m.n_layer, m.d_model, m.n_head, m.attention, d.vocab_size, d.seq_len, cfg.precision,

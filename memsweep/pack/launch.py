@@ -5,8 +5,10 @@ Same contract as memsweep.launcher.run_cells (outcomes per cell dir, CellsFailed
 SystemExit after a signal), so memsweep.local_run uses either. Cells are taken in plan order:
 the first claimable cell opens a pack and the next claimable cells of its pack key
 (memsweep.pack.grouping) fill it, so concurrent workers share the cells out through their claims
-alone. A cell that packs not (text, multi-device, ...) or that has Lightning checkpoints of an unpacked
-run (resumed as it was started) runs unpacked, through run_cells.
+alone. A cell that packs not (multi-device, DeepSpeed, ...) or that has Lightning checkpoints of an
+unpacked run (resumed as it was started) runs unpacked, through run_cells. A text cell opens a pack
+once its reference is done (training it first when nobody does, as run_cell_dir does) and joins one
+only if its reference is done.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from memsweep.config import CONFIG_FILE, CellConfig, load_cell_config
 from memsweep.console import emit
 from memsweep.launcher import CellsFailed, _interrupted, run_cells
 from memsweep.preemption import PreemptionFlag
-from memsweep.record import RESULT_FILE, clean_temp_files, is_done, write_json_atomic
+from memsweep.record import RESULT_FILE, clean_temp_files, is_done, read_result, write_json_atomic
 from memsweep.pack.checkpoint import clean_pack_partials, newest_cell_checkpoint
 from memsweep.pack.grouping import pack_key
+from memsweep.text.reference import ensure_reference, reference_is_done
 
 Member = tuple[str, CellConfig, CellClaim]
 
@@ -71,6 +74,10 @@ def run_packed_cells(cell_dirs: list[str], size: int, planned: list[list[str]] |
                 except CellsFailed as err:
                     outcomes[first] = f"failed: {err}"
                 continue
+            ready = ensure_reference(packable[first][0], Path(first), wait=False)
+            if ready != "ready":  # run_cell_dir's outcomes: its reference failed, or another process trains it
+                outcomes[first] = ready
+                continue
             members = _fill(first, packable, queue, sizes[first])
             if not members:
                 outcomes[first] = "claimed"
@@ -89,7 +96,9 @@ def run_packed_cells(cell_dirs: list[str], size: int, planned: list[list[str]] |
 
 def _fill(first: str, packable: dict[str, tuple[CellConfig, tuple] | None], queue: list[str],
           size: int) -> list[Member]:
-    """Claim `first`, then the next claimable cells of the same key (removed from the queue)."""
+    """Claim `first`, then the next claimable cells of the same key (removed from the queue)
+    whose reference, if they have one, is done: a text cell never waits in a pack, nor packs
+    with the reference it is measured against."""
     cfg, key = packable[first]
     claim = _claim(first, cfg)
     if claim is None:
@@ -99,7 +108,8 @@ def _fill(first: str, packable: dict[str, tuple[CellConfig, tuple] | None], queu
         if len(members) == size:
             break
         mate = packable[cell_dir]
-        if mate is not None and mate[1] == key and (mate_claim := _claim(cell_dir, mate[0])):
+        if mate is not None and mate[1] == key and reference_is_done(mate[0], Path(cell_dir)) \
+                and (mate_claim := _claim(cell_dir, mate[0])):
             members.append((cell_dir, mate[0], mate_claim))
             queue.remove(cell_dir)
     return members
@@ -141,13 +151,15 @@ def train_members(members: list[Member]) -> dict[str, str]:
 
 def _prepare(cell_dir: str, cfg: CellConfig, claim: CellClaim):
     """What run_cell does before training: clean up, a `running` record, the resources check,
-    then the data and the cell's newest packed checkpoint (metrics after it dropped)."""
-    from memsweep.cell import truncate_metrics
+    then the data, the cell's newest packed checkpoint (metrics after it dropped) and, for a text
+    cell, its reference and pool check."""
+    from memsweep.cell import start_text_cell, truncate_metrics
     from memsweep.pack.monitor import PackedCell
     from memsweep.pack.runner import base_record
     from memsweep.preflight import check_resources
 
     path = Path(cell_dir)
+    previous = read_result(path)
     claim.check()
     clean_temp_files(path)
     clean_pack_partials(path)
@@ -156,6 +168,7 @@ def _prepare(cell_dir: str, cfg: CellConfig, claim: CellClaim):
     cell = PackedCell(cfg, path, claim)
     state = newest_cell_checkpoint(path)
     truncate_metrics(path, state["step"] if state else None)
+    cell.reference = start_text_cell(cfg, path, cell.tokens, previous, state is not None, claim)
     if state is not None:
         cell.load_state_dict(state)
     return cell

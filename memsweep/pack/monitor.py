@@ -65,8 +65,10 @@ class PackedCell(SaturationOutcome):
 
     def __init__(self, cfg: CellConfig, cell_dir: Path, claim):
         self.cfg, self.dir, self.claim = cfg, Path(cell_dir), claim
-        tokens = cell_tokens(cfg.data, self.dir)
-        self.train_tokens, self.heldout_tokens = tokens.train, tokens.heldout
+        self.tokens = cell_tokens(cfg.data, self.dir)
+        self.train_tokens, self.heldout_tokens = self.tokens.train, self.tokens.heldout
+        self.reference: tuple[dict, dict[str, np.ndarray]] | None = None
+        """A text cell's reference (its record and per-sample NLLs: memsweep.cell.start_text_cell)."""
         t, s = cfg.trainer, cfg.trainer.saturation
         self.schedule = LRSchedule(t)
         self.plateau = Plateau(s)

@@ -3,7 +3,8 @@
 Why a plan of packs, when `memsweep run --pack K` packs as its workers claim: a SLURM array task
 must know its cells when it is queued (one pack per task), and `plan` shows the packs and their
 cost before anything runs. Cells are grouped by memsweep.pack.grouping.pack_key (the one rule of
-what may share a pack) in plan order and cut into packs of K; `auto` takes K per group from the
+what may share a pack; text references apart from the cells measured against them) in plan order
+and cut into packs of K; `auto` takes K per group from the
 cost model (memsweep.pack.cost). A cell left alone (no key, K = 1, the last of its group) trains
 unpacked, with the reason.
 """
@@ -55,9 +56,9 @@ def plan_packs(cells: list[PlannedCell], size: int | str, device: str, flops_per
     for cell in cells:
         key = pack_key(cell.config)
         if key is None:
-            unpacked.append((cell, "trains unpacked (text or multi-device: memsweep.pack.grouping)"))
+            unpacked.append((cell, "trains unpacked (multi-device or DeepSpeed: memsweep.pack.grouping)"))
         else:
-            groups.setdefault(key, []).append(cell)
+            groups.setdefault((key, _needs_reference(cell)), []).append(cell)
     packs: list[Pack] = []
     for group in groups.values():
         k, why = (size, f"--pack {size}") if size != AUTO else auto_size(device, group[0].config, len(group),
@@ -77,6 +78,13 @@ def plan_packs(cells: list[PlannedCell], size: int | str, device: str, flops_per
     alone = sum(_seconds(device, [c], flops_per_second)[0] for c, _ in unpacked)
     return PackPlan(device, flops_per_second, packs, unpacked, tasks, alone + sum(p.seconds_unpacked for p in packs),
                     alone + sum(p.seconds_packed for p in packs))
+
+
+def _needs_reference(cell: PlannedCell) -> bool:
+    """A text cell measured against a reference cell: it packs only with others that need one,
+    never with references, which must be done before it starts (memsweep.text.reference)."""
+    reference = cell.config.reference_config()
+    return reference is not None and reference.cell_id != cell.cell_id
 
 
 def _seconds(device: str, cells: list[PlannedCell], flops_per_second: float) -> tuple[float, float]:

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from memsweep.callbacks import NonFiniteError
-from memsweep.cell import PER_SAMPLE_FILE, _accelerator_device, gpt_config, result_fields
+from memsweep.cell import _accelerator_device, gpt_config, result_fields, write_cell_outputs
 from memsweep.claim import ClaimLost
 from memsweep.config import CellConfig
 from memsweep.console import cell_summary, emit
-from memsweep.data.source import row_repeats
 from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger, log_batch_loss
 from memsweep.pack.checkpoint import save_cell_checkpoint
 from memsweep.pack.evaluate import per_cell_nll_bits
@@ -274,7 +273,7 @@ class PackRunner:
         return cells
 
     def _write_done(self, c: PackedCell) -> None:
-        d, exp_avg = c.cfg.data, next(iter(self.state.optimizer.state.values()))["exp_avg"]
+        exp_avg = next(iter(self.state.optimizer.state.values()))["exp_avg"]
         common = {"status": "done", "steps": c.step, "tokens_seen": c.tokens_seen, "train_seconds": c.train_seconds,
                   "wall_seconds": c.wall_seconds, "resumed_from_step": c.start_step or None,
                   "signal": self.flag.signal_name, "requeue": False, "stop_cause": None}
@@ -286,9 +285,9 @@ class PackRunner:
             growth_per_doubling=c.growth_per_doubling, branch_steps=c.branch_steps, device=self.device, world_size=1,
             strategy="PackedTrainStep"),
             "pack": self._pack_fields(c)}
-        repeats = {"repeat_count": row_repeats(d)} if d.repeat_counts is not None else {}
-        c.claim.check()
-        np.savez_compressed(c.dir / PER_SAMPLE_FILE, **c.per_sample_nll_bits, **repeats)
+        model = self.state.model.cell_model(self.active.index(c)) if c.tokens.text is not None else None
+        record.update(write_cell_outputs(c.cfg, c.dir, model, c.tokens, c.per_sample_nll_bits, c.reference,
+                                         c.claim.check))
         self._write(c, record)
         emit(f"memsweep: {cell_summary(record)}", sys.stdout)
 

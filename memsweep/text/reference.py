@@ -34,6 +34,15 @@ def reference_dir(cfg: CellConfig, cell_dir: Path) -> Path | None:
     return Path(cell_dir).parent / reference.cell_id
 
 
+def reference_is_done(cfg: CellConfig, cell_dir: Path) -> bool:
+    """Whether the cell can start now, neither waiting for its reference nor training it (a
+    cell that needs none can): what a pack asks of the cells it takes in beside its first."""
+    from memsweep.sweepstate import cell_state
+
+    ref_dir = reference_dir(cfg, cell_dir)
+    return ref_dir is None or cell_state(ref_dir).state == "done"
+
+
 def ensure_reference(cfg: CellConfig, cell_dir: Path, wait: bool = True) -> str:
     """Make sure the reference of `cfg` is done before the cell trains: `ready` (done, or none
     needed), `blocked` (it failed or is corrupt: the detail is in the sweep's status) or, with
