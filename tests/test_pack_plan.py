@@ -71,8 +71,8 @@ def test_pack_must_be_a_positive_whole_number_or_auto(capsys, value):
 
 def test_cpu_model_reads_the_measured_table_and_interpolates_in_log_space():
     for (width, tokens), by_k in CPU_RATIOS.items():
-        for k, pair in by_k.items():
-            assert cpu_speedup(width, tokens, k) == pytest.approx(min(pair))  # the conservative run of the two
+        for k, runs in by_k.items():
+            assert cpu_speedup(width, tokens, k) == pytest.approx(min(runs))  # the most conservative run
     assert cpu_speedup(32, 256, 1) == 1.0
     assert cpu_speedup(32, 256, 2) == pytest.approx(math.sqrt(min(CPU_RATIOS[32, 256][4])))  # half way in log K
     between = cpu_speedup(64, 512, 4)  # log-midpoints of width and tokens: inside its four neighbours

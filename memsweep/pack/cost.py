@@ -26,22 +26,23 @@ MAX_PACK = 64
 """The largest K measured (benchmarks/pack.py) and the largest `auto` chooses."""
 
 # Measured on this project's 2-core CPU (shared with a one-thread training job), 1 thread, 1L GPT,
-# V 256, S 64, n_head 4, fp32, the `batched` forward (the runner's default), 2026-12-02:
-#   run A (13:18): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick --steps 2 --repeats 3
-#   run B (13:23): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick
-# (d_model, tokens per cell-step): {K: (ratio in run A, ratio in run B)}. K = 1 is 1 by definition;
-# pairs of over 2^15 tokens per pack step were not run (--quick). The two runs differ (the CPU was
-# shared): the model takes the smaller ratio of each pair, so `auto` packs only where both agree.
+# V 256, S 64, fp32, the `batched` forward (the runner's default):
+#   run A (2026-12-02 13:18): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick --steps 2 --repeats 3
+#   run B (2026-12-02 13:23): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick
+#   run C (2026-12-04 01:1x): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick
+# (d_model, tokens per cell-step): {K: (ratio in run A, B, C)}. K = 1 is 1 by definition; pairs of
+# over 2^15 tokens per pack step were not run (--quick). The runs differ (the CPU was shared): the
+# model takes the smallest ratio of each, so `auto` packs only where all agree.
 CPU_RATIOS = {
-    (16, 256): {4: (2.91, 1.68), 16: (3.50, 2.67), 64: (3.07, 2.48)},
-    (16, 1024): {4: (1.53, 1.60), 16: (1.65, 1.84)},
-    (16, 8192): {4: (0.44, 1.13)},
-    (32, 256): {4: (3.17, 2.19), 16: (4.46, 2.87), 64: (4.21, 2.62)},
-    (32, 1024): {4: (1.14, 1.49), 16: (1.11, 1.44)},
-    (32, 8192): {4: (0.54, 1.04)},
-    (128, 256): {4: (1.12, 1.09), 16: (1.18, 1.33), 64: (1.12, 1.33)},
-    (128, 1024): {4: (1.35, 1.20), 16: (1.35, 1.15)},
-    (128, 8192): {4: (0.84, 0.93)},
+    (16, 256): {4: (2.91, 1.68, 2.44), 16: (3.50, 2.67, 3.24), 64: (3.07, 2.48, 2.78)},
+    (16, 1024): {4: (1.53, 1.60, 1.47), 16: (1.65, 1.84, 1.36)},
+    (16, 8192): {4: (0.44, 1.13, 0.94)},
+    (32, 256): {4: (3.17, 2.19, 2.24), 16: (4.46, 2.87, 2.65), 64: (4.21, 2.62, 2.27)},
+    (32, 1024): {4: (1.14, 1.49, 1.44), 16: (1.11, 1.44, 1.21)},
+    (32, 8192): {4: (0.54, 1.04, 0.87)},
+    (128, 256): {4: (1.12, 1.09, 1.26), 16: (1.18, 1.33, 1.22), 64: (1.12, 1.33, 1.11)},
+    (128, 1024): {4: (1.35, 1.20, 0.97), 16: (1.35, 1.15, 0.94)},
+    (128, 8192): {4: (0.84, 0.93, 0.88)},
 }
 CPU_WIDTHS = sorted({d for d, _ in CPU_RATIOS})
 CPU_TOKENS = sorted({t for _, t in CPU_RATIOS})
