@@ -135,6 +135,11 @@ def _resume_as_pack_of_one(cfg: CellConfig, cell_dir: Path, claim: CellClaim) ->
     return record if record.get("status") == outcome.split(":")[0] else {"status": outcome, "cell_id": cfg.cell_id}
 
 
+def base_record(cfg: CellConfig) -> dict[str, Any]:
+    """What a cell's result.json says first, and under every status (packed cells' too)."""
+    return {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
+
+
 def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None = None) -> dict[str, Any]:
     """Train one cell to saturation in `run_dir` and return its record (also in result.json).
 
@@ -151,7 +156,7 @@ def run_cell(cfg: CellConfig, run_dir: Path, claim: CellClaim | NoClaim | None =
     if previous is not None and previous.get("status") == "done":
         emit(f"memsweep: cell {cfg.cell_id} is already done in {run_dir}; nothing to do", sys.stdout)
         return previous
-    base = {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
+    base = base_record(cfg)
     lead = _is_global_zero()
     reserve = SpaceReserve(run_dir)
 
@@ -247,8 +252,7 @@ def start_text_cell(cfg: CellConfig, run_dir: Path, tokens: CellTokens, previous
     _check_same_pool(tokens, previous, resuming)
     if _is_global_zero():
         claim.check()
-        write_json_atomic(run_dir / RESULT_FILE, {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg),
-                                                  "versions": versions(), "text": tokens.text})
+        write_json_atomic(run_dir / RESULT_FILE, {**base_record(cfg), "text": tokens.text})
     return reference
 
 

@@ -153,9 +153,8 @@ def _prepare(cell_dir: str, cfg: CellConfig, claim: CellClaim):
     """What run_cell does before training: clean up, a `running` record, the resources check,
     then the data, the cell's newest packed checkpoint (metrics after it dropped) and, for a text
     cell, its reference and pool check."""
-    from memsweep.cell import start_text_cell, truncate_metrics
+    from memsweep.cell import base_record, start_text_cell, truncate_metrics
     from memsweep.pack.monitor import PackedCell
-    from memsweep.pack.runner import base_record
     from memsweep.preflight import check_resources
 
     path = Path(cell_dir)
@@ -175,7 +174,7 @@ def _prepare(cell_dir: str, cfg: CellConfig, claim: CellClaim):
 
 
 def _record_failure(cell_dir: str, cfg: CellConfig, claim: CellClaim, err: Exception) -> str:
-    from memsweep.pack.runner import base_record
+    from memsweep.cell import base_record
 
     error = f"{type(err).__name__}: {err}"
     try:

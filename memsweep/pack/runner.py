@@ -23,16 +23,14 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
 from memsweep.callbacks import NonFiniteError
-from memsweep.cell import _accelerator_device, gpt_config, result_fields, write_cell_outputs
+from memsweep.cell import _accelerator_device, base_record, gpt_config, result_fields, write_cell_outputs
 from memsweep.claim import ClaimLost
-from memsweep.config import CellConfig
 from memsweep.console import cell_summary, emit
 from memsweep.loggers import LOG_EVERY_N_STEPS, build_logger, close_logger, log_batch_loss
 from memsweep.pack.checkpoint import save_cell_checkpoint
@@ -41,16 +39,11 @@ from memsweep.pack.grouping import pack_id
 from memsweep.pack.monitor import PackedCell
 from memsweep.pack.stack import StackedState
 from memsweep.preemption import PreemptionFlag
-from memsweep.record import RESULT_FILE, versions, write_json_atomic
+from memsweep.record import RESULT_FILE, write_json_atomic
 from memsweep.runtime import keep_large_allocations_in_heap
 
 DEFAULT_IMPL = "batched"
 """The forward of a pack of two or more (memsweep.pack.model.make_forward; memsweep.pack.stack)."""
-
-
-def base_record(cfg: CellConfig) -> dict[str, Any]:
-    """What run_cell writes first, and under every status."""
-    return {"status": "running", "cell_id": cfg.cell_id, "config": asdict(cfg), "versions": versions()}
 
 
 class PackRunner:
