@@ -8,6 +8,13 @@ interleaved over repeats; each time is the median over the repeats, warm-up step
 device synchronised before and after every timing (on CUDA).
 
     ratio = K * t_single / t_pack        (above 1, packing pays)
+    bound = K * t_single / t_wide        (t_wide: one unpacked cell with K times the batch)
+
+The bound is what batching alone can give: a pack does the arithmetic of one cell with K times
+the tokens, so it saves the per-step overhead of K - 1 steps (dispatch, the optimizer's and
+clipping's per-tensor ops) and no more; where a step's time grows with its tokens (the logits, the
+attention scores) packing cannot help. A ratio near the bound means the pack adds no cost of its
+own; `--no-bound` leaves the wide cells out (half the time).
 
 Data loading is left out of both (the same rows are fed every step); on a CPU glibc keeps large
 allocations in its heap, as in a CPU cell (memsweep.runtime). Single thread by default;
@@ -61,6 +68,7 @@ from memsweep.schedule import LRSchedule
 IMPLS = ("vmap", "batched")
 COMPILED = "batched+compile"
 UNPACKED = "unpacked"
+WIDE = "unpacked, K x batch"
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 """Step precisions: weights, gradients and AdamW state in this dtype (as a precision=fp32 or
 precision=bf16 cell, bf16_optimizer=bf16); `tf32` is fp32 with TF32 matmuls allowed."""
@@ -212,14 +220,16 @@ class Outcome:
 def measure_group(gpt: GPTConfig, t: TrainerConfig, batch_size: int, packs: list[int], impls: list[str],
                   steps: int, repeats: int, dtype: torch.dtype = torch.float32,
                   device: torch.device = torch.device("cpu"), warmup: int = 1,
-                  compile_mode: str | None = None) -> dict[tuple[str, int], Outcome]:
-    """Median seconds per step of every variant of one (model, tokens, dtype) group, interleaved.
+                  compile_mode: str | None = None, bound: bool = False) -> dict[tuple[str, int], Outcome]:
+    """Median seconds per step of every variant of one (model, tokens, dtype) group, interleaved;
+    with `bound`, also one unpacked cell of K times the batch for every K > 1 (key (WIDE, K)).
 
     On CUDA a variant whose estimated memory exceeds what the device has free, or that runs out of
     memory in its warm-up, is skipped (its note says which); an error in a variant skips it alone."""
     outcomes: dict[tuple[str, int], Outcome] = {}
     variants: dict[tuple[str, int], Callable[[], None]] = {}
     keys = [(UNPACKED, 1)] + [(impl, n_cells) for n_cells in packs for impl in impls]
+    keys += [(WIDE, n_cells) for n_cells in packs if bound and n_cells > 1]
     for key in keys:
         impl, n_cells = key
         need, have = estimated_bytes(gpt, batch_size, n_cells, dtype), available_bytes(device)
@@ -234,8 +244,8 @@ def measure_group(gpt: GPTConfig, t: TrainerConfig, batch_size: int, packs: list
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                if impl == UNPACKED:
-                    step = unpacked_step(gpt, t, batch_size, dtype, device)
+                if impl in (UNPACKED, WIDE):
+                    step = unpacked_step(gpt, t, batch_size * n_cells, dtype, device)
                 else:
                     step = packed_step(gpt, t, batch_size, n_cells, impl, dtype, device, compile_mode)
                 for _ in range(max(1, warmup)):  # warm-up (and, compiled, the compilation): not timed
@@ -443,9 +453,11 @@ def run_widths(args: argparse.Namespace, device: torch.device, impls: list[str],
         set_precision_flags(precision)
         where = f"{args.threads} thread(s)" if device.type == "cpu" else str(device)
         print(f"{args.n_layer}L, V {args.vocab_size}, S {args.seq_len}, {where}, {PRECISION_LABELS[precision]}; "
-              f"{steps} steps x {args.repeats} interleaved repeats, median; ratio = K t_single / t_pack")
+              f"{steps} steps x {args.repeats} interleaved repeats, median; ratio = K t_single / t_pack"
+              + ("; bound = K t_single / t_wide (one cell, K x batch)" if args.bound else ""))
         print(f"{'d':>4} {'tokens':>6} {'K':>3} {'single ms':>10}"
-              + "".join(f" {impl + ' ms':>18} {'ratio':>6}" for impl in impls))
+              + "".join(f" {impl + ' ms':>18} {'ratio':>6}" for impl in impls)
+              + (f" {'wide ms':>10} {'bound':>6}" if args.bound else ""))
         for width in args.widths:
             gpt = GPTConfig(args.vocab_size, args.seq_len, args.n_layer, width, args.n_head, attention)
             for tokens in args.tokens:
@@ -454,7 +466,7 @@ def run_widths(args: argparse.Namespace, device: torch.device, impls: list[str],
                 if not packs:
                     continue
                 outcomes = measure_group(gpt, t, batch_size, packs, impls, steps, args.repeats,
-                                         PRECISIONS[precision], device, args.warmup, args.compile_mode)
+                                         PRECISIONS[precision], device, args.warmup, args.compile_mode, args.bound)
                 single = outcomes[(UNPACKED, 1)].seconds
                 for n_cells in packs:
                     row = f"{width:>4} {batch_size * args.seq_len:>6} {n_cells:>3} " + (
@@ -467,6 +479,10 @@ def run_widths(args: argparse.Namespace, device: torch.device, impls: list[str],
                         ratio = n_cells * single / seconds
                         ratios.setdefault((precision, impl, width, n_cells), []).append((batch_size * args.seq_len, ratio))
                         row += f" {1e3 * seconds:>18.2f} {ratio:>6.2f}"
+                    if args.bound:
+                        wide = single if n_cells == 1 else outcomes[(WIDE, n_cells)].seconds
+                        row += (f" {1e3 * wide:>10.2f} {n_cells * single / wide:>6.2f}" if wide and single
+                                else f" {'-':>10} {'-':>6}")
                     print(row, flush=True)
     print("\ncrossover (tokens per cell-step where K t_single / t_pack passes 1):")
     for (precision, impl, width, n_cells), points in ratios.items():
@@ -506,6 +522,8 @@ def main() -> None:
                         help="--configs: start no new group after this many seconds (its rows say 'not run')")
     parser.add_argument("--json", type=Path, default=None, help="--configs: also write every row here as JSON")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-bound", dest="bound", action="store_false",
+                        help="by width: leave out the unpacked cells of K x batch (the bound column)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -76,6 +76,10 @@ class PackedAdamW:
             if p.grad is None:
                 continue
             work = state["exp_avg"].dtype  # bf16 mode: every op rounds into the weights' dtype; else fp32
+            if active is None and work == p.dtype:
+                self._step_in_place(p, state, decays if decayed and index < self.n_matrices else None,
+                                    step_sizes, bias_correction2_sqrts)
+                continue
             grad, weight = p.grad.to(work), p.to(work)
             if decayed and index < self.n_matrices:
                 weight = times_per_cell(weight, decays)
@@ -88,6 +92,21 @@ class PackedAdamW:
             _commit(state["exp_avg_sq"], exp_avg_sq, active)
             self._commit_weight(p, weight, active)
         self.steps = [s + 1 if on else s for s, on in zip(self.steps, self.active)]
+
+    def _step_in_place(self, p: Tensor, state: dict[str, Tensor], decays: Tensor | None, step_sizes: Tensor,
+                       bias_correction2_sqrts: Tensor) -> None:
+        """The step above, op for op and rounded alike, written into the weights and moments: with
+        every cell active and the moments in the weights' dtype nothing needs keeping, and a pack's
+        state is K times a cell's, so its copies cost memory traffic (most of a wide pack's optimizer)."""
+        beta1, beta2 = self.betas
+        grad, exp_avg, exp_avg_sq = p.grad, state["exp_avg"], state["exp_avg_sq"]
+        if decays is not None:
+            p.mul_(along_cells(decays, p))  # a bf16 weight: computed in fp32, rounded once, as times_per_cell
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = exp_avg_sq.sqrt().div_(along_cells(bias_correction2_sqrts, p)).add_(self.eps)
+        update = along_cells(step_sizes, p) * exp_avg  # fp32 also for bf16 moments
+        p.add_(update.div_(denom))  # weight + step_size * exp_avg / denom in fp32, rounded once
 
     def _commit_weight(self, p: Tensor, weight: Tensor, active: Tensor | None) -> None:
         if weight.dtype == p.dtype:
