@@ -31,20 +31,25 @@ MAX_PACK = 64
 #   run B (2026-12-02 13:23): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick
 #   run C (2026-12-04 01:1x): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick
 #   run D (2026-12-04 03:0x, the CPU quiet): OMP_NUM_THREADS=1 python benchmarks/pack.py --quick --steps 5 --repeats 5
-# (d_model, tokens per cell-step): {K: (ratio in run A, B, C, D)}. K = 1 is 1 by definition; pairs
+#   run E (2026-12-04 03:57, quiet, as D): the pack's AdamW in place and memsweep.pack.batched.BatchedLinear
+#     (runs A-D timed the copying AdamW and autograd's baddbmm backward)
+# (d_model, tokens per cell-step): {K: (ratio in run A, B, C, D, E)}. K = 1 is 1 by definition; pairs
 # of over 2^15 tokens per pack step were not run (--quick). The runs differ: a shared CPU slows the
-# unpacked step's many small ops more than the pack's, so runs A-C read higher than the quiet run
-# D. The model takes the smallest ratio of each, so `auto` packs only where all agree.
+# unpacked step's many small ops more than the pack's, so runs A-C read higher than the quiet runs
+# D-E. The model takes the smallest ratio of each, so `auto` packs only where all agree.
 CPU_RATIOS = {
-    (16, 256): {4: (2.91, 1.68, 2.44, 2.02), 16: (3.50, 2.67, 3.24, 2.57), 64: (3.07, 2.48, 2.78, 2.05)},
-    (16, 1024): {4: (1.53, 1.60, 1.47, 1.30), 16: (1.65, 1.84, 1.36, 1.09)},
-    (16, 8192): {4: (0.44, 1.13, 0.94, 0.91)},
-    (32, 256): {4: (3.17, 2.19, 2.24, 1.82), 16: (4.46, 2.87, 2.65, 1.97), 64: (4.21, 2.62, 2.27, 1.68)},
-    (32, 1024): {4: (1.14, 1.49, 1.44, 1.17), 16: (1.11, 1.44, 1.21, 0.97)},
-    (32, 8192): {4: (0.54, 1.04, 0.87, 0.84)},
-    (128, 256): {4: (1.12, 1.09, 1.26, 1.04), 16: (1.18, 1.33, 1.22, 0.98), 64: (1.12, 1.33, 1.11, 0.91)},
-    (128, 1024): {4: (1.35, 1.20, 0.97, 0.90), 16: (1.35, 1.15, 0.94, 0.88)},
-    (128, 8192): {4: (0.84, 0.93, 0.88, 0.87)},
+    (16, 256): {4: (2.91, 1.68, 2.44, 2.02, 1.93), 16: (3.50, 2.67, 3.24, 2.57, 2.37),
+                 64: (3.07, 2.48, 2.78, 2.05, 2.05)},
+    (16, 1024): {4: (1.53, 1.60, 1.47, 1.30, 1.22), 16: (1.65, 1.84, 1.36, 1.09, 1.08)},
+    (16, 8192): {4: (0.44, 1.13, 0.94, 0.91, 0.87)},
+    (32, 256): {4: (3.17, 2.19, 2.24, 1.82, 1.79), 16: (4.46, 2.87, 2.65, 1.97, 2.00),
+                 64: (4.21, 2.62, 2.27, 1.68, 1.78)},
+    (32, 1024): {4: (1.14, 1.49, 1.44, 1.17, 1.17), 16: (1.11, 1.44, 1.21, 0.97, 1.00)},
+    (32, 8192): {4: (0.54, 1.04, 0.87, 0.84, 0.85)},
+    (128, 256): {4: (1.12, 1.09, 1.26, 1.04, 1.13), 16: (1.18, 1.33, 1.22, 0.98, 1.06),
+                 64: (1.12, 1.33, 1.11, 0.91, 1.01)},
+    (128, 1024): {4: (1.35, 1.20, 0.97, 0.90, 0.92), 16: (1.35, 1.15, 0.94, 0.88, 0.88)},
+    (128, 8192): {4: (0.84, 0.93, 0.88, 0.87, 0.88)},
 }
 CPU_WIDTHS = sorted({d for d, _ in CPU_RATIOS})
 CPU_TOKENS = sorted({t for _, t in CPU_RATIOS})
